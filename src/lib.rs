@@ -1,0 +1,14 @@
+//! patchkit-autopublish: a daemon that turns a build folder into a release
+//! pipeline on PatchKit.
+//!
+//! ```text
+//! watcher (notify + startup scan + settle) -> rules (TOML) -> validate ZIP
+//!   -> store (sled: one record per build, a state machine) -> workers (tokio)
+//!   -> patchkit client (reqwest) -> versions / uploads / jobs / publish
+//! ```
+//!
+//! Layout: `config` (TOML to a validated `Config`), `patchkit` (the API
+//! client), `sandbox` (a strict PatchKit emulator for tests, `sandbox` and
+//! `demo`).
+
+pub mod patchkit;
