@@ -11,4 +11,5 @@
 //! client), `sandbox` (a strict PatchKit emulator for tests, `sandbox` and
 //! `demo`).
 
+pub mod config;
 pub mod patchkit;

@@ -1,0 +1,843 @@
+//! The config file: TOML in, a validated [`Config`] out.
+//!
+//! `raw` holds the serde types as written (`deny_unknown_fields`); this module
+//! turns them into `Config`, where every URL is parsed, every duration and
+//! size is a number, every glob is compiled and every path is absolute.
+//! Nothing downstream re-checks a string. Loading reports *every* problem of
+//! the file at once, each with its line and column and what is expected.
+//!
+//! The API key is never in this file: `Config` says where the key comes from
+//! ([`KeySource`]) and [`PatchkitSettings::load_key`] reads it.
+//!
+//! This module knows TOML and the schema; it knows nothing about HTTP, sled
+//! or notify.
+
+mod problems;
+mod raw;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use globset::{Glob, GlobMatcher};
+use reqwest::Url;
+use toml::Spanned;
+use toml::de::{DeTable, DeValue};
+
+pub use problems::{ConfigError, Problem};
+use problems::{Problems, deserialize_all};
+use raw::{RawDaemon, RawPatchkit, RawRule};
+
+use crate::patchkit::ApiKey;
+
+/// Where the daemon looks for its config when none is given.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/patchkit-autopublish/config.toml";
+/// The environment variable that overrides [`DEFAULT_CONFIG_PATH`].
+pub const CONFIG_ENV: &str = "PATCHKIT_AUTOPUBLISH_CONFIG";
+/// The name of the systemd credential (`LoadCredential=`) holding the key.
+pub const CREDENTIAL_NAME: &str = "patchkit-api-key";
+/// The environment variable read for the key when the config names none.
+pub const DEFAULT_KEY_ENV: &str = "PATCHKIT_API_KEY";
+
+const DEFAULT_API_URL: &str = "https://api2.patchkit.net";
+const DEFAULT_UPLOAD_URL: &str = "https://api.patchkit.net";
+const DEFAULT_STATE_DIR: &str = "/var/lib/patchkit-autopublish";
+
+/// Keys someone may use to write the API key inline; all are refused.
+const INLINE_KEY_NAMES: &[&str] = &["api_key", "apikey", "api-key", "key", "x_api_key"];
+
+/// The whole validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it was loaded from; relative paths inside were resolved
+    /// against its folder.
+    pub path: PathBuf,
+    /// `[patchkit]`.
+    pub patchkit: PatchkitSettings,
+    /// `[daemon]`.
+    pub daemon: DaemonSettings,
+    /// Every `[[rule]]`, in file order.
+    pub rules: Vec<Rule>,
+}
+
+/// `[patchkit]`: the API endpoints, the key source and the client's patience.
+#[derive(Debug, Clone)]
+pub struct PatchkitSettings {
+    /// Base URL for every endpoint but chunk uploads.
+    pub api_url: Url,
+    /// Base URL for chunk uploads only.
+    pub upload_url: Url,
+    /// Where the API key is read from.
+    pub key_source: KeySource,
+    /// Whether plain `http://` is allowed for hosts other than loopback.
+    pub allow_insecure_http: bool,
+    /// Total deadline of one ordinary API request.
+    pub request_timeout: Duration,
+    /// Deadline for opening a connection.
+    pub connect_timeout: Duration,
+    /// A chunk upload with no progress for this long is aborted and retried.
+    pub stall_timeout: Duration,
+    /// First retry delay (before jitter) of a transient failure.
+    pub retry_base: Duration,
+    /// Largest retry delay.
+    pub retry_cap: Duration,
+    /// How long one request keeps retrying before its error is returned to
+    /// the caller; `None` retries without end.
+    pub retry_give_up: Option<Duration>,
+}
+
+/// Where the API key comes from. A systemd credential named
+/// [`CREDENTIAL_NAME`] takes precedence over both when present.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeySource {
+    /// An environment variable, by name.
+    Env(String),
+    /// A file holding the key (surrounding white space is ignored).
+    File(PathBuf),
+}
+
+/// Where a loaded key came from, for logs and `check`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyOrigin {
+    Credential(PathBuf),
+    Env(String),
+    File(PathBuf),
+}
+
+impl std::fmt::Display for KeyOrigin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            KeyOrigin::Credential(p) => write!(f, "systemd credential {}", p.display()),
+            KeyOrigin::Env(name) => write!(f, "environment variable {name}"),
+            KeyOrigin::File(p) => write!(f, "file {}", p.display()),
+        }
+    }
+}
+
+/// Why the API key could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error(
+        "the API key environment variable {name} is not set or is empty; set it, or name a key \
+         file with api_key_file in [patchkit], or provide the systemd credential {CREDENTIAL_NAME}"
+    )]
+    EnvMissing { name: String },
+    #[error(
+        "cannot read the API key from {}: {source}; check that the file exists and is readable \
+         by the daemon's user",
+        path.display()
+    )]
+    Unreadable {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the API key file {} is empty; write the key from your PatchKit account page into it", path.display())]
+    Empty { path: PathBuf },
+}
+
+impl PatchkitSettings {
+    /// Reads the API key from the process environment.
+    pub fn load_key(&self) -> Result<(ApiKey, KeyOrigin), KeyError> {
+        self.load_key_with(|name| std::env::var(name).ok())
+    }
+
+    /// Reads the API key, looking variables up through `env` (tests pass
+    /// their own). Order: the systemd credential in `$CREDENTIALS_DIRECTORY`
+    /// when present, then the configured source.
+    pub fn load_key_with(
+        &self,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<(ApiKey, KeyOrigin), KeyError> {
+        if let Some(dir) = env("CREDENTIALS_DIRECTORY").filter(|d| !d.is_empty()) {
+            let path = Path::new(&dir).join(CREDENTIAL_NAME);
+            if path.exists() {
+                let key = read_key_file(&path)?;
+                return Ok((key, KeyOrigin::Credential(path)));
+            }
+        }
+        match &self.key_source {
+            KeySource::Env(name) => env(name)
+                .and_then(ApiKey::new)
+                .map(|key| (key, KeyOrigin::Env(name.clone())))
+                .ok_or_else(|| KeyError::EnvMissing { name: name.clone() }),
+            KeySource::File(path) => {
+                let key = read_key_file(path)?;
+                Ok((key, KeyOrigin::File(path.clone())))
+            }
+        }
+    }
+}
+
+fn read_key_file(path: &Path) -> Result<ApiKey, KeyError> {
+    let text = std::fs::read_to_string(path).map_err(|source| KeyError::Unreadable {
+        path: path.to_owned(),
+        source,
+    })?;
+    ApiKey::new(text).ok_or_else(|| KeyError::Empty {
+        path: path.to_owned(),
+    })
+}
+
+/// `[daemon]`: state, concurrency and timing.
+#[derive(Debug, Clone)]
+pub struct DaemonSettings {
+    /// Where the store and the control socket live.
+    pub state_dir: PathBuf,
+    /// Builds in flight at once (never two of one app).
+    pub workers: usize,
+    /// Bytes per upload chunk.
+    pub chunk_size: u64,
+    /// A file must stay unchanged this long before it is taken.
+    pub settle: Duration,
+    /// Interval of the safety rescan of every rule folder.
+    pub rescan: Duration,
+    /// How long shutdown waits for in-flight chunk requests.
+    pub shutdown_timeout: Duration,
+}
+
+/// One `[[rule]]`: a watched folder, which files in it are builds, and where
+/// they go.
+#[derive(Debug, Clone)]
+pub struct Rule {
+    /// Unique name, used in logs, status and the store.
+    pub name: String,
+    /// The watched folder (absolute).
+    pub folder: PathBuf,
+    /// The file name glob as written.
+    pub pattern: String,
+    /// The compiled glob, matched against file names.
+    pub matcher: GlobMatcher,
+    /// The PatchKit app the builds go to.
+    pub app_secret: String,
+    /// The version label template.
+    pub label: String,
+    /// Publish after processing (`false` leaves a processed draft).
+    pub publish: bool,
+}
+
+impl Rule {
+    /// Whether a file name (not a path) is a build for this rule.
+    pub fn matches(&self, file_name: &str) -> bool {
+        self.matcher.is_match(file_name)
+    }
+}
+
+/// Limits that keep a typo from becoming an outage; each has its reason.
+mod limits {
+    /// More workers than this only queue on PatchKit's side: each app runs
+    /// one build at a time anyway.
+    pub const MAX_WORKERS: i64 = 64;
+    /// Below 256 KiB the per-request overhead dominates the upload.
+    pub const MIN_CHUNK: u64 = 256 * 1024;
+    /// Each chunk is held in memory (a few at once) and re-sent whole after
+    /// a failure, so it must stay small.
+    pub const MAX_CHUNK: u64 = 256 * 1024 * 1024;
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Validates config text; `path` names the file in messages and anchors
+    /// relative paths.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let base = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."));
+        let base = std::path::absolute(&base).unwrap_or(base);
+        let mut problems = Problems::new(text);
+        let (root, syntax) = DeTable::parse_recoverable(text);
+        if !syntax.is_empty() {
+            // Checking the meaning of a half-parsed file only adds noise.
+            for err in syntax {
+                problems.at(
+                    err.span().unwrap_or(0..0),
+                    format!("TOML syntax: {}", err.message().trim()),
+                );
+            }
+            return Err(ConfigError::Invalid {
+                path: path.to_owned(),
+                problems: problems.into_sorted(),
+            });
+        }
+        let mut v = Validator { problems, base };
+        let config = v.document(root);
+        let found = v.problems;
+        match config {
+            Some(config) if found.is_empty() => Ok(Config {
+                path: path.to_owned(),
+                ..config
+            }),
+            _ => Err(ConfigError::Invalid {
+                path: path.to_owned(),
+                problems: found.into_sorted(),
+            }),
+        }
+    }
+
+    /// The rule with this name.
+    pub fn rule(&self, name: &str) -> Option<&Rule> {
+        self.rules.iter().find(|r| r.name == name)
+    }
+}
+
+/// Whether a duration of zero makes sense for a field.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Zero {
+    Allowed,
+    Refused,
+}
+
+struct Validator<'s> {
+    problems: Problems<'s>,
+    base: PathBuf,
+}
+
+impl<'s> Validator<'s> {
+    fn document(&mut self, root: Spanned<DeTable<'_>>) -> Option<Config> {
+        let root_span = root.span();
+        let root = root.into_inner();
+        let mut patchkit = None;
+        let mut daemon = None;
+        let mut rules = None;
+        for (key, value) in root.iter() {
+            match key.get_ref().as_ref() {
+                "patchkit" => patchkit = Some(value),
+                "daemon" => daemon = Some(value),
+                "rule" => rules = Some(value),
+                other => self.problems.at(
+                    key.span(),
+                    format!("unknown section `{other}`; expected [patchkit], [daemon] or [[rule]]"),
+                ),
+            }
+        }
+
+        let patchkit = match patchkit {
+            Some(value) => self.patchkit(value),
+            None => self.patchkit_from(RawPatchkit::default(), None),
+        };
+        let daemon = match daemon {
+            Some(value) => deserialize_all::<RawDaemon>(value, "[daemon]", &mut self.problems)
+                .and_then(|raw| self.daemon(raw.value)),
+            None => self.daemon(RawDaemon::default()),
+        };
+        let rules = match rules {
+            Some(value) => self.rules(value),
+            None => {
+                self.problems.at(
+                    root_span.start..root_span.start,
+                    "no [[rule]] defined; add at least one [[rule]] with name, folder and \
+                     app_secret",
+                );
+                None
+            }
+        };
+        Some(Config {
+            path: PathBuf::new(),
+            patchkit: patchkit?,
+            daemon: daemon?,
+            rules: rules?,
+        })
+    }
+
+    fn patchkit(&mut self, value: &Spanned<DeValue<'_>>) -> Option<PatchkitSettings> {
+        // An inline key gets its own message, and must never be echoed.
+        let mut value = value.clone();
+        if let DeValue::Table(table) = value.get_mut() {
+            let inline: Vec<_> = table
+                .iter()
+                .filter(|(k, _)| INLINE_KEY_NAMES.contains(&k.get_ref().as_ref()))
+                .map(|(k, _)| (k.get_ref().clone(), k.span()))
+                .collect();
+            for (name, span) in inline {
+                self.problems.at(
+                    span,
+                    format!(
+                        "[patchkit] {name}: the API key must not be written in the config \
+                         file; put it in the environment variable named by api_key_env \
+                         (default {DEFAULT_KEY_ENV}), in a file named by api_key_file (mode \
+                         0600), or in the systemd credential {CREDENTIAL_NAME}"
+                    ),
+                );
+                table.remove(name.as_ref());
+            }
+        }
+        let raw = deserialize_all::<RawPatchkit>(&value, "[patchkit]", &mut self.problems)?;
+        self.patchkit_from(raw.value, Some(value.span()))
+    }
+
+    fn patchkit_from(
+        &mut self,
+        raw: RawPatchkit,
+        section: Option<Range<usize>>,
+    ) -> Option<PatchkitSettings> {
+        let allow_insecure_http = raw
+            .allow_insecure_http
+            .map(|b| *b.get_ref())
+            .unwrap_or(false);
+        let api_url = self.url(raw.api_url, "api_url", DEFAULT_API_URL, allow_insecure_http);
+        let upload_url = self.url(
+            raw.upload_url,
+            "upload_url",
+            DEFAULT_UPLOAD_URL,
+            allow_insecure_http,
+        );
+        let key_source = match (raw.api_key_env, raw.api_key_file) {
+            (Some(env), Some(file)) => {
+                let span = env.span().start.min(file.span().start)..env.span().end;
+                self.problems.at(
+                    span,
+                    "[patchkit]: both api_key_env and api_key_file are set; keep only one so \
+                     it is clear which key is used",
+                );
+                None
+            }
+            (Some(env), None) => {
+                let name = env.get_ref().trim();
+                if name.is_empty() || name.contains('=') || name.contains('\0') {
+                    self.problems.at(
+                        env.span(),
+                        "[patchkit] api_key_env: expected the name of an environment variable, \
+                         such as \"PATCHKIT_API_KEY\"",
+                    );
+                    None
+                } else {
+                    Some(KeySource::Env(name.to_owned()))
+                }
+            }
+            (None, Some(file)) => self
+                .path(&file, "[patchkit] api_key_file")
+                .map(KeySource::File),
+            (None, None) => Some(KeySource::Env(DEFAULT_KEY_ENV.to_owned())),
+        };
+        let request_timeout = self.duration(
+            raw.request_timeout,
+            "[patchkit] request_timeout",
+            "30s",
+            Zero::Refused,
+        );
+        let connect_timeout = self.duration(
+            raw.connect_timeout,
+            "[patchkit] connect_timeout",
+            "10s",
+            Zero::Refused,
+        );
+        let stall_timeout = self.duration(
+            raw.stall_timeout,
+            "[patchkit] stall_timeout",
+            "60s",
+            Zero::Refused,
+        );
+        let base_span = raw.retry_base.as_ref().map(Spanned::span);
+        let retry_base =
+            self.duration(raw.retry_base, "[patchkit] retry_base", "1s", Zero::Refused);
+        let retry_cap = self.duration(raw.retry_cap, "[patchkit] retry_cap", "60s", Zero::Refused);
+        let retry_give_up = match raw.retry_give_up {
+            Some(v) if v.get_ref().trim() == "never" => Some(None),
+            other => self
+                .duration(other, "[patchkit] retry_give_up", "15m", Zero::Allowed)
+                .map(Some),
+        };
+        if let (Some(base), Some(cap)) = (retry_base, retry_cap)
+            && base > cap
+        {
+            self.problems.at(
+                base_span.or(section).unwrap_or(0..0),
+                "[patchkit]: retry_base is larger than retry_cap; the cap must be at least the \
+                 first delay",
+            );
+        }
+        Some(PatchkitSettings {
+            api_url: api_url?,
+            upload_url: upload_url?,
+            key_source: key_source?,
+            allow_insecure_http,
+            request_timeout: request_timeout?,
+            connect_timeout: connect_timeout?,
+            stall_timeout: stall_timeout?,
+            retry_base: retry_base?,
+            retry_cap: retry_cap?,
+            retry_give_up: retry_give_up?,
+        })
+    }
+
+    fn daemon(&mut self, raw: RawDaemon) -> Option<DaemonSettings> {
+        let state_dir = match raw.state_dir {
+            Some(dir) => self.path(&dir, "[daemon] state_dir"),
+            None => Some(PathBuf::from(DEFAULT_STATE_DIR)),
+        };
+        let workers = match raw.workers {
+            None => Some(2),
+            Some(w) => {
+                let n = *w.get_ref();
+                if (1..=limits::MAX_WORKERS).contains(&n) {
+                    Some(n as usize)
+                } else {
+                    self.problems.at(
+                        w.span(),
+                        format!(
+                            "[daemon] workers: expected a whole number from 1 to {}, found {n}",
+                            limits::MAX_WORKERS
+                        ),
+                    );
+                    None
+                }
+            }
+        };
+        let chunk_size = match raw.chunk_size {
+            None => Some(10 * 1024 * 1024),
+            Some(s) => match s.get_ref().trim().parse::<bytesize::ByteSize>() {
+                Ok(size) if (limits::MIN_CHUNK..=limits::MAX_CHUNK).contains(&size.as_u64()) => {
+                    Some(size.as_u64())
+                }
+                Ok(size) => {
+                    self.problems.at(
+                        s.span(),
+                        format!(
+                            "[daemon] chunk_size: {} is out of range; expected a size from \
+                             256KiB to 256MiB, such as \"10MiB\" (PatchKit recommends 10 MiB)",
+                            size.display().iec()
+                        ),
+                    );
+                    None
+                }
+                Err(_) => {
+                    self.problems.at(
+                        s.span(),
+                        format!(
+                            "[daemon] chunk_size: cannot read {:?} as a size; expected a number \
+                             with a unit, such as \"10MiB\" or \"32MiB\"",
+                            s.get_ref()
+                        ),
+                    );
+                    None
+                }
+            },
+        };
+        let settle = self.duration(raw.settle, "[daemon] settle", "5s", Zero::Allowed);
+        let rescan = self.duration(raw.rescan, "[daemon] rescan", "10m", Zero::Refused);
+        let shutdown_timeout = self.duration(
+            raw.shutdown_timeout,
+            "[daemon] shutdown_timeout",
+            "30s",
+            Zero::Allowed,
+        );
+        Some(DaemonSettings {
+            state_dir: state_dir?,
+            workers: workers?,
+            chunk_size: chunk_size?,
+            settle: settle?,
+            rescan: rescan?,
+            shutdown_timeout: shutdown_timeout?,
+        })
+    }
+
+    fn rules(&mut self, value: &Spanned<DeValue<'_>>) -> Option<Vec<Rule>> {
+        let DeValue::Array(items) = value.get_ref() else {
+            self.problems.at(
+                value.span(),
+                "rule: expected an array of tables, written as [[rule]] sections",
+            );
+            return None;
+        };
+        let mut rules = Vec::new();
+        let mut ok = true;
+        let mut names: BTreeMap<String, usize> = BTreeMap::new();
+        for (index, item) in items.iter().enumerate() {
+            let context = format!("[[rule]] #{}", index + 1);
+            let rule = deserialize_all::<RawRule>(item, &context, &mut self.problems)
+                .and_then(|raw| self.rule(raw.value, &raw.removed, &context, item.span()));
+            match rule {
+                Some((rule, name_span)) => {
+                    if let Some(first) = names.insert(rule.name.clone(), index + 1) {
+                        self.problems.at(
+                            name_span,
+                            format!(
+                                "{context}: the name {:?} is already used by [[rule]] #{first}; \
+                                 rule names must be unique",
+                                rule.name
+                            ),
+                        );
+                        ok = false;
+                    }
+                    rules.push(rule);
+                }
+                None => ok = false,
+            }
+        }
+        if items.iter().next().is_none() {
+            self.problems
+                .at(value.span(), "no [[rule]] defined; add at least one");
+            return None;
+        }
+        ok.then_some(rules)
+    }
+
+    fn rule(
+        &mut self,
+        raw: RawRule,
+        removed: &BTreeSet<String>,
+        context: &str,
+        span: Range<usize>,
+    ) -> Option<(Rule, Range<usize>)> {
+        let here = span.start..span.start;
+        let name = match &raw.name {
+            None if removed.contains("name") => None,
+            None => {
+                self.problems.at(
+                    here.clone(),
+                    format!("{context}: missing `name`; give the rule a unique name such as \"mygame-windows\""),
+                );
+                None
+            }
+            Some(n) => {
+                let valid = !n.get_ref().is_empty()
+                    && n.get_ref()
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+                if valid {
+                    Some(n.get_ref().clone())
+                } else {
+                    self.problems.at(
+                        n.span(),
+                        format!(
+                            "{context} name: {:?} is not a valid rule name; use letters, digits, \
+                             '-', '_' and '.' only",
+                            n.get_ref()
+                        ),
+                    );
+                    None
+                }
+            }
+        };
+        let context = match &name {
+            Some(n) => format!("[[rule]] {n:?}"),
+            None => context.to_owned(),
+        };
+        let folder = match &raw.folder {
+            None if removed.contains("folder") => None,
+            None => {
+                self.problems.at(
+                    here.clone(),
+                    format!(
+                        "{context}: missing `folder`; name the folder that receives the build ZIPs"
+                    ),
+                );
+                None
+            }
+            Some(f) => self.path(f, &format!("{context} folder")),
+        };
+        let pattern = raw
+            .pattern
+            .as_ref()
+            .map(|p| (p.get_ref().clone(), p.span()))
+            .unwrap_or_else(|| ("*.zip".to_owned(), here.clone()));
+        let matcher = match Glob::new(&pattern.0) {
+            Ok(glob) if !pattern.0.contains('/') => Some(glob.compile_matcher()),
+            Ok(_) => {
+                self.problems.at(
+                    pattern.1.clone(),
+                    format!(
+                        "{context} pattern: {:?} contains '/'; the pattern matches file names \
+                         inside the folder, such as \"*.zip\" or \"MyGame-*-win64.zip\"",
+                        pattern.0
+                    ),
+                );
+                None
+            }
+            Err(err) => {
+                self.problems.at(
+                    pattern.1.clone(),
+                    format!(
+                        "{context} pattern: {:?} is not a valid glob ({}); expected a file name \
+                         pattern such as \"*.zip\"",
+                        pattern.0,
+                        err.kind()
+                    ),
+                );
+                None
+            }
+        };
+        let app_secret = match &raw.app_secret {
+            None if removed.contains("app_secret") => None,
+            None => {
+                self.problems.at(
+                    here.clone(),
+                    format!("{context}: missing `app_secret`; copy the app's secret from the PatchKit panel"),
+                );
+                None
+            }
+            Some(s) => {
+                let secret = s.get_ref().trim();
+                let valid = !secret.is_empty()
+                    && secret
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "-_".contains(c));
+                if valid {
+                    Some(secret.to_owned())
+                } else {
+                    self.problems.at(
+                        s.span(),
+                        format!(
+                            "{context} app_secret: expected the app's secret as shown in the \
+                             PatchKit panel (letters, digits, '-' and '_')"
+                        ),
+                    );
+                    None
+                }
+            }
+        };
+        let label = match &raw.label {
+            None => Some("{stem}".to_owned()),
+            Some(l) if l.get_ref().trim().is_empty() => {
+                self.problems.at(
+                    l.span(),
+                    format!("{context} label: the label template is empty; use e.g. \"{{stem}}\""),
+                );
+                None
+            }
+            Some(l) => Some(l.get_ref().clone()),
+        };
+        let publish = raw.publish.map(|p| *p.get_ref()).unwrap_or(true);
+        let name_span = raw.name.map(|n| n.span()).unwrap_or(here);
+        Some((
+            Rule {
+                name: name?,
+                folder: folder?,
+                pattern: pattern.0,
+                matcher: matcher?,
+                app_secret: app_secret?,
+                label: label?,
+                publish,
+            },
+            name_span,
+        ))
+    }
+
+    fn url(
+        &mut self,
+        value: Option<Spanned<String>>,
+        field: &str,
+        default: &str,
+        allow_insecure_http: bool,
+    ) -> Option<Url> {
+        let Some(value) = value else {
+            return Some(Url::parse(default).expect("default URLs are valid"));
+        };
+        let text = value.get_ref().trim();
+        let problem = |msg: String| format!("[patchkit] {field}: {msg}");
+        let url = match Url::parse(text) {
+            Ok(url) => url,
+            Err(err) => {
+                self.problems.at(
+                    value.span(),
+                    problem(format!(
+                        "cannot read {text:?} as a URL ({err}); expected e.g. \"{default}\""
+                    )),
+                );
+                return None;
+            }
+        };
+        let message = match url.scheme() {
+            "https" => None,
+            "http" if allow_insecure_http || is_loopback(&url) => None,
+            "http" => Some(format!(
+                "{text:?} uses plain http to a host that is not loopback, which would send the \
+                 API key unencrypted; use https, or set allow_insecure_http = true if you \
+                 really mean it"
+            )),
+            other => Some(format!(
+                "the scheme {other:?} is not supported; expected an https:// URL"
+            )),
+        }
+        .or_else(|| {
+            (!url.username().is_empty() || url.password().is_some()).then(|| {
+                "the URL carries credentials; remove them (the API key comes from api_key_env \
+                 or api_key_file)"
+                    .to_owned()
+            })
+        })
+        .or_else(|| {
+            (url.query().is_some() || url.fragment().is_some()).then(|| {
+                "the URL has a query or fragment; give only scheme, host and port".to_owned()
+            })
+        });
+        match message {
+            Some(msg) => {
+                self.problems.at(value.span(), problem(msg));
+                None
+            }
+            None => Some(url),
+        }
+    }
+
+    fn duration(
+        &mut self,
+        value: Option<Spanned<String>>,
+        field: &str,
+        default: &str,
+        zero: Zero,
+    ) -> Option<Duration> {
+        let Some(value) = value else {
+            return Some(humantime::parse_duration(default).expect("defaults parse"));
+        };
+        match humantime::parse_duration(value.get_ref().trim()) {
+            Ok(d) if d.is_zero() && zero == Zero::Refused => {
+                self.problems.at(
+                    value.span(),
+                    format!("{field}: must be longer than zero; expected e.g. \"{default}\""),
+                );
+                None
+            }
+            Ok(d) => Some(d),
+            Err(err) => {
+                self.problems.at(
+                    value.span(),
+                    format!(
+                        "{field}: cannot read {:?} as a duration ({err}); expected a number with \
+                         a unit, such as \"{default}\", \"500ms\" or \"2m 30s\"",
+                        value.get_ref()
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    fn path(&mut self, value: &Spanned<String>, field: &str) -> Option<PathBuf> {
+        let text = value.get_ref();
+        if text.trim().is_empty() {
+            self.problems.at(
+                value.span(),
+                format!("{field}: expected a path, found an empty string"),
+            );
+            return None;
+        }
+        let path = Path::new(text);
+        Some(if path.is_absolute() {
+            path.to_owned()
+        } else {
+            self.base.join(path)
+        })
+    }
+}
+
+fn is_loopback(url: &Url) -> bool {
+    let Some(host) = url.host_str() else {
+        return false;
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}

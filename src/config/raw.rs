@@ -1,0 +1,49 @@
+//! The config file as written: serde types with `deny_unknown_fields`.
+//!
+//! Every field is optional and spanned, so that the validation in
+//! `config::validate` can say which are missing and point at the line of a
+//! bad value. Nothing here checks meaning; that is the validator's job.
+
+use serde::Deserialize;
+use toml::Spanned;
+
+/// `[patchkit]`: where the API is and where the key comes from.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPatchkit {
+    pub api_url: Option<Spanned<String>>,
+    pub upload_url: Option<Spanned<String>>,
+    pub api_key_env: Option<Spanned<String>>,
+    pub api_key_file: Option<Spanned<String>>,
+    pub allow_insecure_http: Option<Spanned<bool>>,
+    pub request_timeout: Option<Spanned<String>>,
+    pub connect_timeout: Option<Spanned<String>>,
+    pub stall_timeout: Option<Spanned<String>>,
+    pub retry_base: Option<Spanned<String>>,
+    pub retry_cap: Option<Spanned<String>>,
+    pub retry_give_up: Option<Spanned<String>>,
+}
+
+/// `[daemon]`: how the daemon runs.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDaemon {
+    pub state_dir: Option<Spanned<String>>,
+    pub workers: Option<Spanned<i64>>,
+    pub chunk_size: Option<Spanned<String>>,
+    pub settle: Option<Spanned<String>>,
+    pub rescan: Option<Spanned<String>>,
+    pub shutdown_timeout: Option<Spanned<String>>,
+}
+
+/// One `[[rule]]`: a watched folder and what to do with the builds in it.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRule {
+    pub name: Option<Spanned<String>>,
+    pub folder: Option<Spanned<String>>,
+    pub pattern: Option<Spanned<String>>,
+    pub app_secret: Option<Spanned<String>>,
+    pub label: Option<Spanned<String>>,
+    pub publish: Option<Spanned<bool>>,
+}
