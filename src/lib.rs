@@ -11,5 +11,6 @@
 //! client), `sandbox` (a strict PatchKit emulator for tests, `sandbox` and
 //! `demo`).
 
+pub mod archive;
 pub mod config;
 pub mod patchkit;
