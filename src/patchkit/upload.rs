@@ -230,7 +230,10 @@ impl Client {
         };
 
         let mut acknowledged = req.start_offset;
-        loop {
+        // Bounded by the total, not by the channel, so a cancel that arrives
+        // after the last chunk was accepted does not report a finished upload
+        // as cancelled.
+        while acknowledged < req.total_size {
             let next = tokio::select! {
                 biased;
                 () = cancel.cancelled() => return Err(UploadError::Cancelled { acknowledged }),
@@ -403,6 +406,7 @@ async fn watchdog(progress: &AtomicU64, stall: Duration) {
 
 /// Opens `path` and checks that it has `expected` bytes.
 async fn open_checked(path: PathBuf, expected: u64) -> Result<std::fs::File, UploadError> {
+    let for_error = path.clone();
     tokio::task::spawn_blocking(move || {
         let io_error = |source| UploadError::Io {
             path: path.clone(),
@@ -421,7 +425,7 @@ async fn open_checked(path: PathBuf, expected: u64) -> Result<std::fs::File, Upl
     })
     .await
     .map_err(|e| UploadError::Io {
-        path: PathBuf::new(),
+        path: for_error,
         source: io::Error::other(e),
     })?
 }

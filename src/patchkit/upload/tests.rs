@@ -415,3 +415,35 @@ async fn unsafe_calls_are_not_retried() {
     assert!(err.is_transient());
     assert_eq!(hits.load(Ordering::SeqCst), 2);
 }
+
+#[tokio::test]
+async fn a_cancel_after_the_last_chunk_is_not_reported() {
+    let rx = Arc::new(Receiver::default());
+    let client = client(serve_chunks(Arc::clone(&rx)).await, quick_retries());
+    let (file, _) = file_of(50_000);
+    let cancel = CancellationToken::new();
+    let canceller = cancel.clone();
+    let mut sink = AckFn(move |_| {
+        canceller.cancel();
+        Ok(())
+    });
+    client
+        .upload_file(&request(file.path(), 50_000, 0), &mut sink, &cancel)
+        .await
+        .unwrap();
+}
+
+#[test]
+fn upload_futures_can_be_spawned() {
+    fn assert_send<T: Send>(_: &T) {}
+    let client = client(
+        reqwest::Url::parse("http://127.0.0.1:9/").unwrap(),
+        no_retries(),
+    );
+    let (mut tx, _rx) = mpsc::channel(1);
+    let cancel = CancellationToken::new();
+    let req = request(Path::new("x"), 1, 0);
+    assert_send(&client.upload_file(&req, &mut tx, &cancel));
+    assert_send(&client.get_version("s", 1));
+    assert_send(&client.create_upload(1));
+}
