@@ -1,0 +1,287 @@
+//! When to try again: capped exponential backoff with full jitter.
+//!
+//! Owns the delay arithmetic ([`RetryPolicy::delay`]), the per-operation
+//! budget ([`Backoff`]) and a retry loop for API calls ([`RetryPolicy::run`]).
+//! The pipeline reuses all three for its own waits. Knows nothing about which
+//! calls are safe to repeat: callers decide that (see
+//! [`Endpoint::retry_safe`](super::Endpoint::retry_safe)).
+
+use std::fmt;
+use std::future::Future;
+use std::time::Duration;
+
+use rand::Rng;
+use tokio::time::Instant;
+
+use super::error::ApiError;
+
+/// How long to wait between attempts, and when to stop.
+///
+/// The delay before retry `attempt` (0-based) is drawn uniformly from
+/// `[0, min(cap, base * 2^attempt)]` ("full jitter"), so many clients that
+/// failed together do not come back together. A server's `Retry-After` is a
+/// floor on that delay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// The ceiling of the first delay.
+    pub base: Duration,
+    /// The largest ceiling, whatever the attempt.
+    pub cap: Duration,
+    /// Stop when the next wait would end more than this long after the first
+    /// attempt began. `None`: never stop.
+    pub give_up: Option<Duration>,
+}
+
+impl Default for RetryPolicy {
+    /// `base` 1 s: a blip (a reset connection, one 502) is retried almost at
+    /// once. `cap` 60 s: during an outage we knock about once a minute, which
+    /// costs the server nothing and notices recovery quickly. `give_up` 15
+    /// min: rides out a deploy or a router reboot, yet a failure that
+    /// persists reaches the operator (and the pipeline's own, slower retry)
+    /// within the quarter hour.
+    fn default() -> Self {
+        RetryPolicy {
+            base: Duration::from_secs(1),
+            cap: Duration::from_secs(60),
+            give_up: Some(Duration::from_secs(15 * 60)),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// The upper bound of the delay before retry `attempt` (0-based):
+    /// `min(cap, base * 2^attempt)`, without overflow.
+    pub fn ceiling(&self, attempt: u32) -> Duration {
+        2u32.checked_pow(attempt)
+            .and_then(|factor| self.base.checked_mul(factor))
+            .map_or(self.cap, |d| d.min(self.cap))
+    }
+
+    /// The delay before retry `attempt` (0-based): a random duration in
+    /// `[0, ceiling(attempt)]`, whole milliseconds, at least `retry_after`.
+    pub fn delay(&self, attempt: u32, retry_after: Option<Duration>) -> Duration {
+        self.delay_with(attempt, retry_after, &mut rand::rng())
+    }
+
+    /// [`delay`](Self::delay) with the caller's random source (for tests).
+    pub fn delay_with<R: Rng + ?Sized>(
+        &self,
+        attempt: u32,
+        retry_after: Option<Duration>,
+        rng: &mut R,
+    ) -> Duration {
+        let ceiling_ms = u64::try_from(self.ceiling(attempt).as_millis()).unwrap_or(u64::MAX);
+        let jittered = Duration::from_millis(rng.random_range(0..=ceiling_ms));
+        jittered.max(retry_after.unwrap_or_default())
+    }
+
+    /// A fresh budget for one operation, starting now.
+    pub fn backoff(&self) -> Backoff {
+        Backoff {
+            policy: *self,
+            attempt: 0,
+            started: Instant::now(),
+        }
+    }
+
+    /// Runs `op` until it succeeds, fails with a non-transient error, or the
+    /// policy gives up (then the last error is returned). Each retry logs one
+    /// warning naming the endpoint, the attempt, the delay and the error.
+    ///
+    /// Use it only for operations that are safe to repeat.
+    pub async fn run<T, F, Fut>(&self, mut op: F) -> Result<T, ApiError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, ApiError>>,
+    {
+        let mut backoff = self.backoff();
+        loop {
+            let err = match op().await {
+                Ok(value) => return Ok(value),
+                Err(err) if err.is_transient() => err,
+                Err(err) => return Err(err),
+            };
+            let Some(delay) = backoff.next_delay(err.retry_after()) else {
+                return Err(err);
+            };
+            log_retry(err.endpoint(), backoff.attempts(), delay, &err);
+            tokio::time::sleep(delay).await;
+        }
+    }
+}
+
+/// The retry budget of one operation: counts attempts and watches the
+/// give-up deadline.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    /// The policy in force.
+    policy: RetryPolicy,
+    /// Delays handed out so far.
+    attempt: u32,
+    /// When the operation began (tokio's clock, so paused-time tests work).
+    started: Instant,
+}
+
+impl Backoff {
+    /// The delay before the next attempt, or `None` when the policy gives up
+    /// (the wait would end past `give_up`).
+    pub fn next_delay(&mut self, retry_after: Option<Duration>) -> Option<Duration> {
+        let delay = self.policy.delay(self.attempt, retry_after);
+        if let Some(limit) = self.policy.give_up
+            && self.started.elapsed() + delay > limit
+        {
+            return None;
+        }
+        self.attempt = self.attempt.saturating_add(1);
+        Some(delay)
+    }
+
+    /// Retries granted so far.
+    pub fn attempts(&self) -> u32 {
+        self.attempt
+    }
+
+    /// Time since the operation began.
+    pub fn elapsed(&self) -> Duration {
+        self.started.elapsed()
+    }
+}
+
+/// The one warning line per retry. Never holds the key: errors do not carry
+/// it, and neither do endpoints.
+pub(crate) fn log_retry(what: impl fmt::Display, attempt: u32, delay: Duration, err: &ApiError) {
+    tracing::warn!(
+        endpoint = %what,
+        attempt,
+        delay = %humantime::format_duration(delay),
+        "{err}; retry {attempt} in {}",
+        humantime::format_duration(delay)
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::patchkit::{Endpoint, ErrorKind};
+    use rand::SeedableRng;
+    use rand::rngs::StdRng;
+    use std::cell::Cell;
+
+    fn policy() -> RetryPolicy {
+        RetryPolicy {
+            base: Duration::from_millis(100),
+            cap: Duration::from_secs(5),
+            give_up: None,
+        }
+    }
+
+    #[test]
+    fn ceiling_doubles_then_caps() {
+        let p = policy();
+        let ms: Vec<u128> = (0..8).map(|a| p.ceiling(a).as_millis()).collect();
+        assert_eq!(ms, [100, 200, 400, 800, 1600, 3200, 5000, 5000]);
+        assert_eq!(p.ceiling(31), p.cap);
+        assert_eq!(p.ceiling(32), p.cap);
+        assert_eq!(p.ceiling(u32::MAX), p.cap);
+        let huge = RetryPolicy {
+            base: Duration::MAX,
+            cap: Duration::MAX,
+            give_up: None,
+        };
+        assert_eq!(huge.ceiling(3), Duration::MAX);
+        let _ = huge.delay(3, None);
+    }
+
+    #[test]
+    fn delays_stay_within_the_ceiling_and_use_all_of_it() {
+        let p = policy();
+        let mut rng = StdRng::seed_from_u64(7);
+        for attempt in 0..10 {
+            let ceiling = p.ceiling(attempt);
+            let delays: Vec<_> = (0..2000)
+                .map(|_| p.delay_with(attempt, None, &mut rng))
+                .collect();
+            assert!(delays.iter().all(|d| *d <= ceiling));
+            // Full jitter: some delays are near 0, some near the ceiling.
+            assert!(delays.iter().any(|d| *d < ceiling / 10));
+            assert!(delays.iter().any(|d| *d > ceiling * 9 / 10));
+        }
+    }
+
+    #[test]
+    fn retry_after_is_a_floor() {
+        let p = policy();
+        let mut rng = StdRng::seed_from_u64(1);
+        for _ in 0..500 {
+            let d = p.delay_with(0, Some(Duration::from_secs(30)), &mut rng);
+            assert_eq!(d, Duration::from_secs(30));
+            let d = p.delay_with(6, Some(Duration::from_secs(1)), &mut rng);
+            assert!(d >= Duration::from_secs(1) && d <= Duration::from_secs(5));
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn backoff_gives_up_before_sleeping_past_the_limit() {
+        let p = RetryPolicy {
+            give_up: Some(Duration::from_secs(10)),
+            ..policy()
+        };
+        let mut b = p.backoff();
+        assert!(b.next_delay(Some(Duration::from_secs(11))).is_none());
+        assert_eq!(b.attempts(), 0);
+        assert!(b.next_delay(Some(Duration::from_secs(9))).is_some());
+        tokio::time::advance(Duration::from_secs(9)).await;
+        assert!(b.next_delay(Some(Duration::from_secs(2))).is_none());
+        assert_eq!(b.attempts(), 1);
+    }
+
+    fn transient() -> ApiError {
+        ApiError::new(
+            Endpoint::GetJob,
+            ErrorKind::Transient { retry_after: None },
+            "timed out",
+        )
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn run_retries_transient_errors_until_success() {
+        let calls = Cell::new(0);
+        let started = Instant::now();
+        let out = policy()
+            .run(|| {
+                calls.set(calls.get() + 1);
+                let n = calls.get();
+                async move { if n < 4 { Err(transient()) } else { Ok(n) } }
+            })
+            .await
+            .unwrap();
+        assert_eq!(out, 4);
+        assert!(started.elapsed() <= Duration::from_millis(100 + 200 + 400));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn run_stops_at_other_errors_and_at_give_up() {
+        let calls = Cell::new(0);
+        let err = policy()
+            .run(|| {
+                calls.set(calls.get() + 1);
+                async { Err::<(), _>(ApiError::new(Endpoint::GetJob, ErrorKind::NotFound, "")) }
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::NotFound);
+        assert_eq!(calls.get(), 1);
+
+        let p = RetryPolicy {
+            give_up: Some(Duration::from_secs(60)),
+            ..policy()
+        };
+        let started = Instant::now();
+        let err = p
+            .run(|| async { Err::<(), _>(transient()) })
+            .await
+            .unwrap_err();
+        assert!(err.is_transient());
+        assert!(started.elapsed() <= Duration::from_secs(60));
+    }
+}
