@@ -30,7 +30,7 @@ pub use problems::{ConfigError, Problem};
 use problems::{Problems, deserialize_all};
 use raw::{RawDaemon, RawPatchkit, RawRule};
 
-use crate::patchkit::ApiKey;
+use crate::patchkit::{ApiKey, ClientOptions, DEFAULT_API_URL, DEFAULT_UPLOAD_URL, RetryPolicy};
 
 /// Where the daemon looks for its config when none is given.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/patchkit-autopublish/config.toml";
@@ -41,8 +41,6 @@ pub const CREDENTIAL_NAME: &str = "patchkit-api-key";
 /// The environment variable read for the key when the config names none.
 pub const DEFAULT_KEY_ENV: &str = "PATCHKIT_API_KEY";
 
-const DEFAULT_API_URL: &str = "https://api2.patchkit.net";
-const DEFAULT_UPLOAD_URL: &str = "https://api.patchkit.net";
 const DEFAULT_STATE_DIR: &str = "/var/lib/patchkit-autopublish";
 
 /// Keys someone may use to write the API key inline; all are refused.
@@ -139,6 +137,20 @@ pub enum KeyError {
 }
 
 impl PatchkitSettings {
+    /// The client options these settings describe, with `key`.
+    pub fn client_options(&self, key: ApiKey) -> ClientOptions {
+        let mut opts = ClientOptions::new(self.api_url.clone(), self.upload_url.clone(), key);
+        opts.request_timeout = self.request_timeout;
+        opts.connect_timeout = self.connect_timeout;
+        opts.stall_timeout = self.stall_timeout;
+        opts.retry = RetryPolicy {
+            base: self.retry_base,
+            cap: self.retry_cap,
+            give_up: self.retry_give_up,
+        };
+        opts
+    }
+
     /// Reads the API key from the process environment.
     pub fn load_key(&self) -> Result<(ApiKey, KeyOrigin), KeyError> {
         self.load_key_with(|name| std::env::var(name).ok())
