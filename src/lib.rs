@@ -12,3 +12,4 @@
 //! `demo`).
 
 pub mod patchkit;
+pub mod sandbox;
