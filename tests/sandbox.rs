@@ -265,6 +265,38 @@ async fn each_route_lives_on_one_host_only() {
     let (s, v) = t.send(versions_on_upload).await;
     assert_eq!(s, StatusCode::NOT_FOUND);
     assert!(v["message"].is_string());
+    let (s, v) = t.send(t.req(Method::DELETE, "/1/apps")).await;
+    assert_eq!(s, StatusCode::METHOD_NOT_ALLOWED);
+    assert!(v["message"].is_string());
+}
+
+#[tokio::test]
+async fn the_cli_runner_stops_when_cancelled() {
+    use clap::Parser;
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: patchkit_autopublish::sandbox::cli::SandboxArgs,
+    }
+    let cli = Cli::try_parse_from(["x", "--app", "a", "--job-duration", "10ms", "--drop", "0.1"])
+        .unwrap();
+    let token = tokio_util::sync::CancellationToken::new();
+    let run = tokio::spawn(patchkit_autopublish::sandbox::cli::run(
+        cli.args,
+        token.clone(),
+    ));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    token.cancel();
+    run.await.unwrap().unwrap();
+    let bad = Cli::try_parse_from(["x", "--drop", "2"]).unwrap();
+    assert!(
+        patchkit_autopublish::sandbox::cli::run(
+            bad.args,
+            tokio_util::sync::CancellationToken::new()
+        )
+        .await
+        .is_err()
+    );
 }
 
 #[tokio::test]

@@ -117,10 +117,12 @@ impl Sandbox {
             .route_layer(gate.clone())
             .merge(inspect::routes())
             .fallback(no_route)
+            .method_not_allowed_fallback(wrong_method)
             .with_state(shared.clone());
         let upload = chunks::routes(config.max_chunk_bytes)
             .route_layer(gate)
             .fallback(no_route)
+            .method_not_allowed_fallback(wrong_method)
             .with_state(shared.clone());
 
         let shutdown = CancellationToken::new();
@@ -156,6 +158,15 @@ async fn no_route(
         StatusCode::NOT_FOUND,
         "not_found",
         format!("no route for {method} {path} on this host"),
+    )
+}
+
+/// A known path with a method it does not take; JSON like every other error.
+async fn wrong_method(method: Method, uri: axum::http::Uri) -> impl IntoResponse {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("{} does not take {method}", uri.path()),
     )
 }
 
