@@ -12,6 +12,7 @@
 //! `demo`).
 
 pub mod archive;
+pub mod cli;
 pub mod config;
 pub mod patchkit;
 pub mod sandbox;

@@ -1,0 +1,42 @@
+//! The command line: clap definitions only, no logic.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{CONFIG_ENV, DEFAULT_CONFIG_PATH};
+use crate::sandbox::cli::SandboxArgs;
+
+/// Watches build folders and publishes every dropped game build ZIP to
+/// PatchKit: create a version, upload in resumable chunks, wait for
+/// processing, check its messages, publish. Exactly once, across restarts.
+#[derive(Debug, Parser)]
+#[command(name = "patchkit-autopublish", version, about, long_about = None)]
+#[command(after_help = "Exit codes: 0 success, 1 runtime failure, 2 bad usage or invalid config.")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Validate the config file and read the API key; changes nothing.
+    ///
+    /// Reports every problem of the file with its line and column, then
+    /// checks that the API key can be read from where the config says.
+    Check(ConfigArg),
+    /// Run a local PatchKit emulator (the sandbox) to try a config without a
+    /// PatchKit account.
+    ///
+    /// It serves the API on two loopback ports (main and upload), prints a
+    /// ready-to-paste [patchkit] section, and runs until Ctrl-C.
+    Sandbox(SandboxArgs),
+}
+
+/// The config file option shared by the commands that read it.
+#[derive(Debug, Args)]
+pub struct ConfigArg {
+    /// The config file.
+    #[arg(long, short, env = CONFIG_ENV, default_value = DEFAULT_CONFIG_PATH)]
+    pub config: PathBuf,
+}
