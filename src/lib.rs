@@ -12,3 +12,5 @@
 //! `demo`).
 
 pub mod patchkit;
+pub mod state;
+pub mod store;

@@ -705,7 +705,8 @@ impl fmt::Display for BuildState {
                 total,
                 ..
             } => {
-                let percent = (u128::from(*acknowledged) * 100 / u128::from((*total).max(1))) as u64;
+                let percent =
+                    (u128::from(*acknowledged) * 100 / u128::from((*total).max(1))) as u64;
                 write!(
                     f,
                     "uploading v{version_id} {percent}% ({acknowledged}/{total} bytes)"
@@ -855,7 +856,11 @@ mod tests {
     enum Op {
         Validated,
         VersionReady(u64),
-        UploadStarted { upload_id: u64, total: u64, chunk: u64 },
+        UploadStarted {
+            upload_id: u64,
+            total: u64,
+            chunk: u64,
+        },
         Ack(u64),
         AckNextChunk,
         Uploaded,
