@@ -123,3 +123,20 @@ pub enum Enqueued {
     /// may since have been pruned; the identity is remembered regardless.
     Existing(BuildId),
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_print_and_parse_back() {
+        for n in [0, 7, 1_000_042, u64::MAX] {
+            assert_eq!(BuildId(n).to_string().parse(), Ok(BuildId(n)));
+            assert_eq!(BuildId::from_key(&BuildId(n).to_key()), Some(BuildId(n)));
+        }
+        assert_eq!("#42".parse(), Ok(BuildId(42)));
+        for bad in ["", "#", "+1", "-1", "4 2", "x1", "18446744073709551616"] {
+            assert!(bad.parse::<BuildId>().is_err(), "{bad:?}");
+        }
+    }
+}

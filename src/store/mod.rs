@@ -44,7 +44,9 @@
 //! the version whether processing started; `Publishing` asks the version
 //! whether it is published. Rewriting any of these on load would lose the
 //! information the stage needs, so `open` only checks the schema version and
-//! logs what is unfinished.
+//! logs what is unfinished. Reading the unfinished builds decodes every
+//! record, so a record written by a newer release stops the open with
+//! [`StoreError::UnsupportedSchema`] instead of being skipped.
 
 mod build;
 pub mod record;

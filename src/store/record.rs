@@ -113,9 +113,12 @@ pub struct FileIdentityV1 {
     pub path: PathBuf,
     /// Size in bytes.
     pub size: u64,
-    /// Nanoseconds since the Unix epoch. Stored as a JSON integer; it needs
-    /// more than 53 bits, so tools that read JSON numbers as doubles round it.
-    pub mtime_ns: i128,
+    /// Modification time, whole seconds since the Unix epoch (floor).
+    /// Split from the nanoseconds so every number fits a JSON double and an
+    /// i64 (serde cannot read an i128 inside a tagged enum).
+    pub mtime_s: i64,
+    /// The nanoseconds past `mtime_s`, 0..1e9.
+    pub mtime_nsec: u32,
     /// Inode number.
     pub inode: u64,
 }
@@ -247,18 +250,26 @@ impl From<&FileIdentity> for FileIdentityV1 {
         FileIdentityV1 {
             path: i.path.clone(),
             size: i.size,
-            mtime_ns: i.mtime_ns,
+            // Saturates only for times hundreds of billions of years away.
+            mtime_s: i64::try_from(i.mtime_ns.div_euclid(NANOS)).unwrap_or(if i.mtime_ns < 0 {
+                i64::MIN
+            } else {
+                i64::MAX
+            }),
+            mtime_nsec: i.mtime_ns.rem_euclid(NANOS) as u32,
             inode: i.inode,
         }
     }
 }
+
+const NANOS: i128 = 1_000_000_000;
 
 impl From<FileIdentityV1> for FileIdentity {
     fn from(i: FileIdentityV1) -> FileIdentity {
         FileIdentity {
             path: i.path,
             size: i.size,
-            mtime_ns: i.mtime_ns,
+            mtime_ns: i128::from(i.mtime_s) * NANOS + i128::from(i.mtime_nsec),
             inode: i.inode,
         }
     }
