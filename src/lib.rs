@@ -16,3 +16,5 @@ pub mod cli;
 pub mod config;
 pub mod patchkit;
 pub mod sandbox;
+pub mod state;
+pub mod store;

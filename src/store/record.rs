@@ -1,0 +1,492 @@
+//! The stored form of a build record: a compatibility boundary.
+//!
+//! A record is a JSON object with a schema version first, `{"v":1,...}`.
+//! The storage structs here (`BuildRecordV1` and its parts) are separate from
+//! the domain types and converted by hand, so a change to `BuildState` or
+//! `Build` cannot silently change what is on disk: it fails to compile here
+//! instead. Decoding reads `v` before anything else; a version this binary
+//! does not know is an error, never a guess.
+//!
+//! Changing the format means adding `BuildRecordV2`, converting V1 to V2 in
+//! `decode_build`, bumping `CURRENT_VERSION`, and keeping the V1 fixtures
+//! under `tests/fixtures/store/` with their test.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use super::StoreError;
+use super::build::{Build, BuildId};
+use crate::state::{BuildState, FileIdentity, Stage};
+
+/// The record schema version this binary writes and the newest it reads.
+pub const CURRENT_VERSION: u64 = 1;
+
+/// Encodes a build as its current stored form.
+///
+/// Fails only for a path that is not valid UTF-8 (JSON strings cannot hold
+/// it).
+pub fn encode_build(build: &Build) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(&BuildRecordV1::from(build)).map_err(|source| StoreError::Encode {
+        id: build.id,
+        source,
+    })
+}
+
+/// Decodes a stored build record of any known version. `key` names the
+/// record in errors.
+pub fn decode_build(key: &str, bytes: &[u8]) -> Result<Build, StoreError> {
+    match read_version(key, bytes)? {
+        1 => {
+            let record: BuildRecordV1 =
+                serde_json::from_slice(bytes).map_err(|e| corrupt(key, e))?;
+            Ok(Build::from(record))
+        }
+        version => Err(StoreError::UnsupportedSchema {
+            key: key.to_owned(),
+            version,
+        }),
+    }
+}
+
+/// Reads only the `v` field of a record.
+fn read_version(key: &str, bytes: &[u8]) -> Result<u64, StoreError> {
+    #[derive(Deserialize)]
+    struct Envelope {
+        v: Option<u64>,
+    }
+    let envelope: Envelope = serde_json::from_slice(bytes).map_err(|e| corrupt(key, e))?;
+    envelope.v.ok_or_else(|| StoreError::Corrupt {
+        key: key.to_owned(),
+        reason: "the record has no schema version \"v\"".into(),
+    })
+}
+
+fn corrupt(key: &str, e: serde_json::Error) -> StoreError {
+    StoreError::Corrupt {
+        key: key.to_owned(),
+        reason: e.to_string(),
+    }
+}
+
+/// Version 1 of a stored build. Field order is the JSON order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BuildRecordV1 {
+    /// Always 1.
+    pub v: u64,
+    /// The build id (also the key; kept here so a dump is self-describing).
+    pub id: u64,
+    /// Rule name.
+    pub rule: String,
+    /// PatchKit app secret.
+    pub app_secret: String,
+    /// ZIP path.
+    pub file: PathBuf,
+    /// File identity at enqueue.
+    pub identity: FileIdentityV1,
+    /// Version label.
+    pub label: String,
+    /// Version changelog.
+    pub changelog: Option<String>,
+    /// Publish after processing.
+    pub publish: bool,
+    /// Unix ms.
+    pub enqueued_at_ms: u64,
+    /// Unix ms.
+    pub updated_at_ms: u64,
+    /// The state.
+    pub state: StateV1,
+    /// Failed tries of the current step.
+    pub attempts: u32,
+    /// Unix ms.
+    pub next_attempt_at_ms: Option<u64>,
+    /// Last error.
+    pub last_error: Option<String>,
+}
+
+/// Version 1 of a stored file identity.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileIdentityV1 {
+    /// Path.
+    pub path: PathBuf,
+    /// Size in bytes.
+    pub size: u64,
+    /// Modification time, whole seconds since the Unix epoch (floor).
+    /// Split from the nanoseconds so every number fits a JSON double and an
+    /// i64 (serde cannot read an i128 inside a tagged enum).
+    pub mtime_s: i64,
+    /// The nanoseconds past `mtime_s`, 0..1e9.
+    pub mtime_nsec: u32,
+    /// Inode number.
+    pub inode: u64,
+}
+
+/// Version 1 of a stored pipeline stage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StageV1 {
+    /// `Stage::Validate`.
+    Validate,
+    /// `Stage::CreateVersion`.
+    CreateVersion,
+    /// `Stage::Upload`.
+    Upload,
+    /// `Stage::Process`.
+    Process,
+    /// `Stage::Check`.
+    Check,
+    /// `Stage::Publish`.
+    Publish,
+}
+
+/// Version 1 of a stored build state, tagged by `"kind"`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+#[allow(missing_docs)]
+pub enum StateV1 {
+    Queued,
+    Validated,
+    VersionReady {
+        version_id: u64,
+    },
+    Uploading {
+        version_id: u64,
+        upload_id: u64,
+        acknowledged: u64,
+        total: u64,
+        chunk_size: u64,
+        identity: FileIdentityV1,
+    },
+    Uploaded {
+        version_id: u64,
+        upload_id: u64,
+    },
+    Processing {
+        version_id: u64,
+        upload_id: u64,
+        job_guid: Option<String>,
+    },
+    Processed {
+        version_id: u64,
+        warnings: Vec<String>,
+    },
+    Publishing {
+        version_id: u64,
+        warnings: Vec<String>,
+    },
+    Published {
+        version_id: u64,
+        published_at: u64,
+        warnings: Vec<String>,
+    },
+    Scheduled {
+        version_id: u64,
+        publish_time: u64,
+        warnings: Vec<String>,
+    },
+    Draft {
+        version_id: u64,
+        warnings: Vec<String>,
+    },
+    Failed {
+        stage: StageV1,
+        reason: String,
+        attempts: u32,
+        version_id: Option<u64>,
+    },
+    Cancelled {
+        stage: StageV1,
+        version_id: Option<u64>,
+    },
+}
+
+impl From<&Build> for BuildRecordV1 {
+    fn from(b: &Build) -> BuildRecordV1 {
+        BuildRecordV1 {
+            v: 1,
+            id: b.id.0,
+            rule: b.rule.clone(),
+            app_secret: b.app_secret.clone(),
+            file: b.file.clone(),
+            identity: FileIdentityV1::from(&b.identity),
+            label: b.label.clone(),
+            changelog: b.changelog.clone(),
+            publish: b.publish,
+            enqueued_at_ms: b.enqueued_at,
+            updated_at_ms: b.updated_at,
+            state: StateV1::from(&b.state),
+            attempts: b.attempts,
+            next_attempt_at_ms: b.next_attempt_at,
+            last_error: b.last_error.clone(),
+        }
+    }
+}
+
+impl From<BuildRecordV1> for Build {
+    fn from(r: BuildRecordV1) -> Build {
+        Build {
+            id: BuildId(r.id),
+            rule: r.rule,
+            app_secret: r.app_secret,
+            file: r.file,
+            identity: r.identity.into(),
+            label: r.label,
+            changelog: r.changelog,
+            publish: r.publish,
+            enqueued_at: r.enqueued_at_ms,
+            updated_at: r.updated_at_ms,
+            state: r.state.into(),
+            attempts: r.attempts,
+            next_attempt_at: r.next_attempt_at_ms,
+            last_error: r.last_error,
+        }
+    }
+}
+
+impl From<&FileIdentity> for FileIdentityV1 {
+    fn from(i: &FileIdentity) -> FileIdentityV1 {
+        FileIdentityV1 {
+            path: i.path.clone(),
+            size: i.size,
+            // Saturates only for times hundreds of billions of years away.
+            mtime_s: i64::try_from(i.mtime_ns.div_euclid(NANOS)).unwrap_or(if i.mtime_ns < 0 {
+                i64::MIN
+            } else {
+                i64::MAX
+            }),
+            mtime_nsec: i.mtime_ns.rem_euclid(NANOS) as u32,
+            inode: i.inode,
+        }
+    }
+}
+
+const NANOS: i128 = 1_000_000_000;
+
+impl From<FileIdentityV1> for FileIdentity {
+    fn from(i: FileIdentityV1) -> FileIdentity {
+        FileIdentity {
+            path: i.path,
+            size: i.size,
+            mtime_ns: i128::from(i.mtime_s) * NANOS + i128::from(i.mtime_nsec),
+            inode: i.inode,
+        }
+    }
+}
+
+impl From<Stage> for StageV1 {
+    fn from(s: Stage) -> StageV1 {
+        match s {
+            Stage::Validate => StageV1::Validate,
+            Stage::CreateVersion => StageV1::CreateVersion,
+            Stage::Upload => StageV1::Upload,
+            Stage::Process => StageV1::Process,
+            Stage::Check => StageV1::Check,
+            Stage::Publish => StageV1::Publish,
+        }
+    }
+}
+
+impl From<StageV1> for Stage {
+    fn from(s: StageV1) -> Stage {
+        match s {
+            StageV1::Validate => Stage::Validate,
+            StageV1::CreateVersion => Stage::CreateVersion,
+            StageV1::Upload => Stage::Upload,
+            StageV1::Process => Stage::Process,
+            StageV1::Check => Stage::Check,
+            StageV1::Publish => Stage::Publish,
+        }
+    }
+}
+
+impl From<&BuildState> for StateV1 {
+    fn from(s: &BuildState) -> StateV1 {
+        match s.clone() {
+            BuildState::Queued => StateV1::Queued,
+            BuildState::Validated => StateV1::Validated,
+            BuildState::VersionReady { version_id } => StateV1::VersionReady { version_id },
+            BuildState::Uploading {
+                version_id,
+                upload_id,
+                acknowledged,
+                total,
+                chunk_size,
+                identity,
+            } => StateV1::Uploading {
+                version_id,
+                upload_id,
+                acknowledged,
+                total,
+                chunk_size,
+                identity: FileIdentityV1::from(&identity),
+            },
+            BuildState::Uploaded {
+                version_id,
+                upload_id,
+            } => StateV1::Uploaded {
+                version_id,
+                upload_id,
+            },
+            BuildState::Processing {
+                version_id,
+                upload_id,
+                job_guid,
+            } => StateV1::Processing {
+                version_id,
+                upload_id,
+                job_guid,
+            },
+            BuildState::Processed {
+                version_id,
+                warnings,
+            } => StateV1::Processed {
+                version_id,
+                warnings,
+            },
+            BuildState::Publishing {
+                version_id,
+                warnings,
+            } => StateV1::Publishing {
+                version_id,
+                warnings,
+            },
+            BuildState::Published {
+                version_id,
+                published_at,
+                warnings,
+            } => StateV1::Published {
+                version_id,
+                published_at,
+                warnings,
+            },
+            BuildState::Scheduled {
+                version_id,
+                publish_time,
+                warnings,
+            } => StateV1::Scheduled {
+                version_id,
+                publish_time,
+                warnings,
+            },
+            BuildState::Draft {
+                version_id,
+                warnings,
+            } => StateV1::Draft {
+                version_id,
+                warnings,
+            },
+            BuildState::Failed {
+                stage,
+                reason,
+                attempts,
+                version_id,
+            } => StateV1::Failed {
+                stage: stage.into(),
+                reason,
+                attempts,
+                version_id,
+            },
+            BuildState::Cancelled { stage, version_id } => StateV1::Cancelled {
+                stage: stage.into(),
+                version_id,
+            },
+        }
+    }
+}
+
+impl From<StateV1> for BuildState {
+    fn from(s: StateV1) -> BuildState {
+        match s {
+            StateV1::Queued => BuildState::Queued,
+            StateV1::Validated => BuildState::Validated,
+            StateV1::VersionReady { version_id } => BuildState::VersionReady { version_id },
+            StateV1::Uploading {
+                version_id,
+                upload_id,
+                acknowledged,
+                total,
+                chunk_size,
+                identity,
+            } => BuildState::Uploading {
+                version_id,
+                upload_id,
+                acknowledged,
+                total,
+                chunk_size,
+                identity: identity.into(),
+            },
+            StateV1::Uploaded {
+                version_id,
+                upload_id,
+            } => BuildState::Uploaded {
+                version_id,
+                upload_id,
+            },
+            StateV1::Processing {
+                version_id,
+                upload_id,
+                job_guid,
+            } => BuildState::Processing {
+                version_id,
+                upload_id,
+                job_guid,
+            },
+            StateV1::Processed {
+                version_id,
+                warnings,
+            } => BuildState::Processed {
+                version_id,
+                warnings,
+            },
+            StateV1::Publishing {
+                version_id,
+                warnings,
+            } => BuildState::Publishing {
+                version_id,
+                warnings,
+            },
+            StateV1::Published {
+                version_id,
+                published_at,
+                warnings,
+            } => BuildState::Published {
+                version_id,
+                published_at,
+                warnings,
+            },
+            StateV1::Scheduled {
+                version_id,
+                publish_time,
+                warnings,
+            } => BuildState::Scheduled {
+                version_id,
+                publish_time,
+                warnings,
+            },
+            StateV1::Draft {
+                version_id,
+                warnings,
+            } => BuildState::Draft {
+                version_id,
+                warnings,
+            },
+            StateV1::Failed {
+                stage,
+                reason,
+                attempts,
+                version_id,
+            } => BuildState::Failed {
+                stage: stage.into(),
+                reason,
+                attempts,
+                version_id,
+            },
+            StateV1::Cancelled { stage, version_id } => BuildState::Cancelled {
+                stage: stage.into(),
+                version_id,
+            },
+        }
+    }
+}
