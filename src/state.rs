@@ -216,6 +216,11 @@ pub enum BuildState {
         /// flight. After a crash in that window, the version's
         /// `processing_started_at` tells whether to request again or wait.
         job_guid: Option<String>,
+        /// The version's `processing_started_at` read just before
+        /// `content_file` was sent (`None` if it had never been processed).
+        /// A different value afterwards means the request was accepted, even
+        /// for a draft that had been processed before.
+        prior_started_at: Option<String>,
     },
     /// Processing finished and the messages allow publishing.
     Processed {
@@ -532,8 +537,9 @@ impl BuildState {
     }
 
     /// `Uploaded -> Processing { job_guid: None }`: about to send
-    /// `content_file`.
-    pub fn processing_requested(&self) -> Next {
+    /// `content_file`. `prior_started_at` is the version's
+    /// `processing_started_at` as read just before.
+    pub fn processing_requested(&self, prior_started_at: Option<String>) -> Next {
         match self {
             BuildState::Uploaded {
                 version_id,
@@ -542,8 +548,23 @@ impl BuildState {
                 version_id: *version_id,
                 upload_id: *upload_id,
                 job_guid: None,
+                prior_started_at,
             }),
             _ => Err(self.illegal("request processing")),
+        }
+    }
+
+    /// `Uploaded | Processing -> VersionReady`: PatchKit does not have the
+    /// whole upload (it refused `content_file` as incomplete, or forgot the
+    /// upload), so the version gets a fresh upload.
+    pub fn upload_lost(&self) -> Next {
+        match self {
+            BuildState::Uploaded { version_id, .. } | BuildState::Processing { version_id, .. } => {
+                Ok(BuildState::VersionReady {
+                    version_id: *version_id,
+                })
+            }
+            _ => Err(self.illegal("upload again")),
         }
     }
 
@@ -555,10 +576,12 @@ impl BuildState {
                 version_id,
                 upload_id,
                 job_guid: None,
+                ..
             } => Ok(BuildState::Processing {
                 version_id: *version_id,
                 upload_id: *upload_id,
                 job_guid: Some(job_guid.into()),
+                prior_started_at: None,
             }),
             _ => Err(self.illegal("record a processing job")),
         }
@@ -779,7 +802,7 @@ mod tests {
         ));
         let s = s.chunk_acknowledged(25).unwrap();
         let s = s.uploaded().unwrap();
-        let s = s.processing_requested().unwrap();
+        let s = s.processing_requested(None).unwrap();
         let s = s.job_started("guid-1").unwrap();
         let s = s.processed(vec!["w".into()]).unwrap();
         let s = s.publish_requested().unwrap();
@@ -924,7 +947,7 @@ mod tests {
                 _ => s.chunk_acknowledged(0),
             },
             Op::Uploaded => s.uploaded(),
-            Op::ProcessingRequested => s.processing_requested(),
+            Op::ProcessingRequested => s.processing_requested(None),
             Op::JobStarted(g) => s.job_started(g.clone()),
             Op::Processed(w) => s.processed(w.clone()),
             Op::PublishRequested => s.publish_requested(),

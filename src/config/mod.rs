@@ -208,6 +208,12 @@ pub struct DaemonSettings {
     pub rescan: Duration,
     /// How long shutdown waits for in-flight chunk requests.
     pub shutdown_timeout: Duration,
+    /// First interval of polling a processing job or a publish; it backs
+    /// off to ten times this for long jobs.
+    pub poll_interval: Duration,
+    /// After PatchKit refused the API key (401), every build waits this long
+    /// before one of them tries again with the key read anew.
+    pub auth_retry: Duration,
 }
 
 /// One `[[rule]]`: a watched folder, which files in it are builds, and where
@@ -228,6 +234,30 @@ pub struct Rule {
     pub label: String,
     /// Publish after processing (`false` leaves a processed draft).
     pub publish: bool,
+    /// What to do when the app already has a draft this daemon did not
+    /// create for this build.
+    pub existing_draft: ExistingDraft,
+}
+
+/// What a rule does when its app already has a draft version with another
+/// label (PatchKit allows one draft per app).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ExistingDraft {
+    /// Fail the build with a message naming the draft; a person decides.
+    #[default]
+    Fail,
+    /// Relabel the draft and upload this build over it.
+    TakeOver,
+}
+
+impl ExistingDraft {
+    /// The config spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExistingDraft::Fail => "fail",
+            ExistingDraft::TakeOver => "take_over",
+        }
+    }
 }
 
 impl Rule {
@@ -545,6 +575,13 @@ impl<'s> Validator<'s> {
             "30s",
             Zero::Allowed,
         );
+        let poll_interval = self.duration(
+            raw.poll_interval,
+            "[daemon] poll_interval",
+            "1s",
+            Zero::Refused,
+        );
+        let auth_retry = self.duration(raw.auth_retry, "[daemon] auth_retry", "3m", Zero::Refused);
         Some(DaemonSettings {
             state_dir: state_dir?,
             workers: workers?,
@@ -552,6 +589,8 @@ impl<'s> Validator<'s> {
             settle: settle?,
             rescan: rescan?,
             shutdown_timeout: shutdown_timeout?,
+            poll_interval: poll_interval?,
+            auth_retry: auth_retry?,
         })
     }
 
@@ -722,6 +761,24 @@ impl<'s> Validator<'s> {
             Some(l) => Some(l.get_ref().clone()),
         };
         let publish = raw.publish.map(|p| *p.get_ref()).unwrap_or(true);
+        let existing_draft = match &raw.existing_draft {
+            None => Some(ExistingDraft::Fail),
+            Some(v) => match v.get_ref().as_str() {
+                "fail" => Some(ExistingDraft::Fail),
+                "take_over" => Some(ExistingDraft::TakeOver),
+                other => {
+                    self.problems.at(
+                        v.span(),
+                        format!(
+                            "{context} existing_draft: {other:?} is not a policy; expected \"fail\" \
+                             (stop with a message) or \"take_over\" (relabel the draft and upload \
+                             over it)"
+                        ),
+                    );
+                    None
+                }
+            },
+        };
         let name_span = raw.name.map(|n| n.span()).unwrap_or(here);
         Some((
             Rule {
@@ -732,6 +789,7 @@ impl<'s> Validator<'s> {
                 app_secret: app_secret?,
                 label: label?,
                 publish,
+                existing_draft: existing_draft?,
             },
             name_span,
         ))

@@ -34,6 +34,8 @@ pub struct RawDaemon {
     pub settle: Option<Spanned<String>>,
     pub rescan: Option<Spanned<String>>,
     pub shutdown_timeout: Option<Spanned<String>>,
+    pub poll_interval: Option<Spanned<String>>,
+    pub auth_retry: Option<Spanned<String>>,
 }
 
 /// One `[[rule]]`: a watched folder and what to do with the builds in it.
@@ -46,4 +48,5 @@ pub struct RawRule {
     pub app_secret: Option<Spanned<String>>,
     pub label: Option<Spanned<String>>,
     pub publish: Option<Spanned<bool>>,
+    pub existing_draft: Option<Spanned<String>>,
 }

@@ -167,6 +167,9 @@ pub enum StateV1 {
         version_id: u64,
         upload_id: u64,
         job_guid: Option<String>,
+        /// Added after the first fixtures; absent means `None`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        prior_started_at: Option<String>,
     },
     Processed {
         version_id: u64,
@@ -333,10 +336,12 @@ impl From<&BuildState> for StateV1 {
                 version_id,
                 upload_id,
                 job_guid,
+                prior_started_at,
             } => StateV1::Processing {
                 version_id,
                 upload_id,
                 job_guid,
+                prior_started_at,
             },
             BuildState::Processed {
                 version_id,
@@ -428,10 +433,12 @@ impl From<StateV1> for BuildState {
                 version_id,
                 upload_id,
                 job_guid,
+                prior_started_at,
             } => BuildState::Processing {
                 version_id,
                 upload_id,
                 job_guid,
+                prior_started_at,
             },
             StateV1::Processed {
                 version_id,
