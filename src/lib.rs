@@ -14,7 +14,13 @@
 pub mod archive;
 pub mod cli;
 pub mod config;
+pub mod crashpoint;
+pub mod intake;
 pub mod patchkit;
+pub mod policy;
+pub mod rules;
 pub mod sandbox;
+pub mod stages;
 pub mod state;
 pub mod store;
+pub mod worker;

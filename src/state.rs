@@ -554,6 +554,16 @@ impl BuildState {
         }
     }
 
+    /// `VersionReady -> Validated`: the recorded version is no longer this
+    /// build's draft (published, relabelled or taken by another build), so
+    /// create-version must find or create one again.
+    pub fn version_lost(&self) -> Next {
+        match self {
+            BuildState::VersionReady { .. } => Ok(BuildState::Validated),
+            _ => Err(self.illegal("give up the version")),
+        }
+    }
+
     /// `Uploaded | Processing -> VersionReady`: PatchKit does not have the
     /// whole upload (it refused `content_file` as incomplete, or forgot the
     /// upload), so the version gets a fresh upload.

@@ -67,7 +67,7 @@ fn defaults_fill_everything_left_out() {
     assert_eq!(config.daemon.shutdown_timeout, Duration::from_secs(30));
     let rule = &config.rules[0];
     assert_eq!(rule.pattern, "*.zip");
-    assert_eq!(rule.label, "{stem}");
+    assert_eq!(rule.label.source(), "{stem}");
     assert!(rule.publish);
 }
 

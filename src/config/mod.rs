@@ -14,14 +14,14 @@
 
 mod problems;
 mod raw;
+mod rule;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use globset::{Glob, GlobMatcher};
 use reqwest::Url;
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
@@ -29,6 +29,7 @@ use toml::de::{DeTable, DeValue};
 pub use problems::{ConfigError, Problem};
 use problems::{Problems, deserialize_all};
 use raw::{RawDaemon, RawPatchkit, RawRule};
+pub use rule::{AfterPublish, Changelog, OnFailure, Rule};
 
 use crate::patchkit::{ApiKey, ClientOptions, DEFAULT_API_URL, DEFAULT_UPLOAD_URL, RetryPolicy};
 
@@ -216,29 +217,6 @@ pub struct DaemonSettings {
     pub auth_retry: Duration,
 }
 
-/// One `[[rule]]`: a watched folder, which files in it are builds, and where
-/// they go.
-#[derive(Debug, Clone)]
-pub struct Rule {
-    /// Unique name, used in logs, status and the store.
-    pub name: String,
-    /// The watched folder (absolute).
-    pub folder: PathBuf,
-    /// The file name glob as written.
-    pub pattern: String,
-    /// The compiled glob, matched against file names.
-    pub matcher: GlobMatcher,
-    /// The PatchKit app the builds go to.
-    pub app_secret: String,
-    /// The version label template.
-    pub label: String,
-    /// Publish after processing (`false` leaves a processed draft).
-    pub publish: bool,
-    /// What to do when the app already has a draft this daemon did not
-    /// create for this build.
-    pub existing_draft: ExistingDraft,
-}
-
 /// What a rule does when its app already has a draft version with another
 /// label (PatchKit allows one draft per app).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -257,13 +235,6 @@ impl ExistingDraft {
             ExistingDraft::Fail => "fail",
             ExistingDraft::TakeOver => "take_over",
         }
-    }
-}
-
-impl Rule {
-    /// Whether a file name (not a path) is a build for this rule.
-    pub fn matches(&self, file_name: &str) -> bool {
-        self.matcher.is_match(file_name)
     }
 }
 
@@ -611,6 +582,22 @@ impl<'s> Validator<'s> {
                 .and_then(|raw| self.rule(raw.value, &raw.removed, &context, item.span()));
             match rule {
                 Some((rule, name_span)) => {
+                    for (other_index, other) in rules.iter().enumerate() {
+                        if rule::overlap(&rule, other) {
+                            self.problems.at(
+                                item.span().start..item.span().start,
+                                format!(
+                                    "[[rule]] {:?}: it watches the same folder as [[rule]] {:?}                                      (#{}) and their patterns {:?} and {:?} can match the same                                      file, which would be published twice; give each rule its                                      own folder or patterns that cannot overlap",
+                                    rule.name,
+                                    other.name,
+                                    other_index + 1,
+                                    rule.pattern,
+                                    other.pattern
+                                ),
+                            );
+                            ok = false;
+                        }
+                    }
                     if let Some(first) = names.insert(rule.name.clone(), index + 1) {
                         self.problems.at(
                             name_span,
@@ -633,166 +620,6 @@ impl<'s> Validator<'s> {
             return None;
         }
         ok.then_some(rules)
-    }
-
-    fn rule(
-        &mut self,
-        raw: RawRule,
-        removed: &BTreeSet<String>,
-        context: &str,
-        span: Range<usize>,
-    ) -> Option<(Rule, Range<usize>)> {
-        let here = span.start..span.start;
-        let name = match &raw.name {
-            None if removed.contains("name") => None,
-            None => {
-                self.problems.at(
-                    here.clone(),
-                    format!("{context}: missing `name`; give the rule a unique name such as \"mygame-windows\""),
-                );
-                None
-            }
-            Some(n) => {
-                let valid = !n.get_ref().is_empty()
-                    && n.get_ref()
-                        .chars()
-                        .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
-                if valid {
-                    Some(n.get_ref().clone())
-                } else {
-                    self.problems.at(
-                        n.span(),
-                        format!(
-                            "{context} name: {:?} is not a valid rule name; use letters, digits, \
-                             '-', '_' and '.' only",
-                            n.get_ref()
-                        ),
-                    );
-                    None
-                }
-            }
-        };
-        let context = match &name {
-            Some(n) => format!("[[rule]] {n:?}"),
-            None => context.to_owned(),
-        };
-        let folder = match &raw.folder {
-            None if removed.contains("folder") => None,
-            None => {
-                self.problems.at(
-                    here.clone(),
-                    format!(
-                        "{context}: missing `folder`; name the folder that receives the build ZIPs"
-                    ),
-                );
-                None
-            }
-            Some(f) => self.path(f, &format!("{context} folder")),
-        };
-        let pattern = raw
-            .pattern
-            .as_ref()
-            .map(|p| (p.get_ref().clone(), p.span()))
-            .unwrap_or_else(|| ("*.zip".to_owned(), here.clone()));
-        let matcher = match Glob::new(&pattern.0) {
-            Ok(glob) if !pattern.0.contains('/') => Some(glob.compile_matcher()),
-            Ok(_) => {
-                self.problems.at(
-                    pattern.1.clone(),
-                    format!(
-                        "{context} pattern: {:?} contains '/'; the pattern matches file names \
-                         inside the folder, such as \"*.zip\" or \"MyGame-*-win64.zip\"",
-                        pattern.0
-                    ),
-                );
-                None
-            }
-            Err(err) => {
-                self.problems.at(
-                    pattern.1.clone(),
-                    format!(
-                        "{context} pattern: {:?} is not a valid glob ({}); expected a file name \
-                         pattern such as \"*.zip\"",
-                        pattern.0,
-                        err.kind()
-                    ),
-                );
-                None
-            }
-        };
-        let app_secret = match &raw.app_secret {
-            None if removed.contains("app_secret") => None,
-            None => {
-                self.problems.at(
-                    here.clone(),
-                    format!("{context}: missing `app_secret`; copy the app's secret from the PatchKit panel"),
-                );
-                None
-            }
-            Some(s) => {
-                let secret = s.get_ref().trim();
-                let valid = !secret.is_empty()
-                    && secret
-                        .chars()
-                        .all(|c| c.is_ascii_alphanumeric() || "-_".contains(c));
-                if valid {
-                    Some(secret.to_owned())
-                } else {
-                    self.problems.at(
-                        s.span(),
-                        format!(
-                            "{context} app_secret: expected the app's secret as shown in the \
-                             PatchKit panel (letters, digits, '-' and '_')"
-                        ),
-                    );
-                    None
-                }
-            }
-        };
-        let label = match &raw.label {
-            None => Some("{stem}".to_owned()),
-            Some(l) if l.get_ref().trim().is_empty() => {
-                self.problems.at(
-                    l.span(),
-                    format!("{context} label: the label template is empty; use e.g. \"{{stem}}\""),
-                );
-                None
-            }
-            Some(l) => Some(l.get_ref().clone()),
-        };
-        let publish = raw.publish.map(|p| *p.get_ref()).unwrap_or(true);
-        let existing_draft = match &raw.existing_draft {
-            None => Some(ExistingDraft::Fail),
-            Some(v) => match v.get_ref().as_str() {
-                "fail" => Some(ExistingDraft::Fail),
-                "take_over" => Some(ExistingDraft::TakeOver),
-                other => {
-                    self.problems.at(
-                        v.span(),
-                        format!(
-                            "{context} existing_draft: {other:?} is not a policy; expected \"fail\" \
-                             (stop with a message) or \"take_over\" (relabel the draft and upload \
-                             over it)"
-                        ),
-                    );
-                    None
-                }
-            },
-        };
-        let name_span = raw.name.map(|n| n.span()).unwrap_or(here);
-        Some((
-            Rule {
-                name: name?,
-                folder: folder?,
-                pattern: pattern.0,
-                matcher: matcher?,
-                app_secret: app_secret?,
-                label: label?,
-                publish,
-                existing_draft: existing_draft?,
-            },
-            name_span,
-        ))
     }
 
     fn url(

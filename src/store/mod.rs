@@ -449,7 +449,37 @@ impl Store {
             }
         };
         inner.db.flush_async().await?;
+        crate::crashpoint::hit("after-store-write");
         Ok(build)
+    }
+
+    /// Records that `identity` (a new version of the file) belongs to build
+    /// `id`, unless another build has it already: then returns that build.
+    /// Used when a file changed under a build that resumes with the new
+    /// content, so the watcher does not enqueue the same file again.
+    pub async fn claim_identity(
+        &self,
+        id: BuildId,
+        identity: &FileIdentity,
+    ) -> Result<Option<BuildId>, StoreError> {
+        let key = identity.dedupe_key();
+        let claimed =
+            self.inner
+                .by_identity
+                .compare_and_swap(&key, None::<&[u8]>, Some(&id.to_key()[..]))?;
+        match claimed {
+            Ok(()) => {
+                self.inner.db.flush_async().await?;
+                Ok(None)
+            }
+            Err(current) => {
+                let holder = current
+                    .current
+                    .map(|raw| decode_id("by_identity entry", &raw))
+                    .transpose()?;
+                Ok(holder.filter(|other| *other != id))
+            }
+        }
     }
 
     /// The build with this id, if it exists.

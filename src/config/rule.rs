@@ -1,0 +1,522 @@
+//! `[[rule]]`: a watched folder, which files in it are builds, how they are
+//! labelled, and what happens to the file afterwards.
+
+use std::collections::BTreeSet;
+use std::ops::Range;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use globset::{Glob, GlobMatcher, GlobSet, GlobSetBuilder};
+use regex::Regex;
+use toml::Spanned;
+
+use super::raw::RawRule;
+use super::{ExistingDraft, Validator, Zero};
+use crate::rules::{Template, capture_names};
+
+/// One `[[rule]]`.
+#[derive(Debug, Clone)]
+pub struct Rule {
+    /// Unique name, used in logs, status and the store.
+    pub name: String,
+    /// The watched folder (absolute).
+    pub folder: PathBuf,
+    /// The file name glob as written.
+    pub pattern: String,
+    /// The compiled glob, matched against file names.
+    pub matcher: GlobMatcher,
+    /// Also look in sub-folders.
+    pub recursive: bool,
+    /// Poll the folder at this interval instead of using inotify.
+    pub poll: Option<Duration>,
+    /// Names never taken (temp files); `None` means the built-in list.
+    pub ignore: Option<GlobSet>,
+    /// Files whose names do not match are not taken; its named groups are
+    /// placeholders of the templates.
+    pub filename_regex: Option<Regex>,
+    /// The PatchKit app the builds go to.
+    pub app_secret: String,
+    /// The version label template.
+    pub label: Template,
+    /// Where the version's changelog comes from.
+    pub changelog: Changelog,
+    /// Publish after processing (`false` leaves a processed draft).
+    pub publish: bool,
+    /// What to do when the app already has a draft this daemon did not
+    /// create for this build.
+    pub existing_draft: ExistingDraft,
+    /// What happens to the file once its version is live.
+    pub after_publish: AfterPublish,
+    /// What happens to the file when its build fails.
+    pub on_failure: OnFailure,
+}
+
+impl Rule {
+    /// Whether a file name (not a path) is a build for this rule: it matches
+    /// the pattern and, when set, the filename regex.
+    pub fn matches(&self, file_name: &str) -> bool {
+        self.matcher.is_match(file_name)
+            && self
+                .filename_regex
+                .as_ref()
+                .is_none_or(|re| re.is_match(file_name))
+    }
+}
+
+/// Where a version's changelog comes from.
+#[derive(Debug, Clone)]
+pub enum Changelog {
+    /// No changelog.
+    None,
+    /// This template.
+    Inline(Template),
+    /// A file next to the ZIP, named by this template (e.g.
+    /// `{stem}.changelog.md`), read when the build is taken.
+    Sidecar(Template),
+}
+
+/// What happens to a build file after its version went live.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AfterPublish {
+    /// Leave it; the store remembers it, so it is not published again.
+    Keep,
+    /// Delete it.
+    Delete,
+    /// Move it into this folder.
+    Move(PathBuf),
+}
+
+/// What happens to a build file whose build failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OnFailure {
+    /// Leave it.
+    Keep,
+    /// Move it into this folder, with `<file>.error.txt` beside it.
+    Move(PathBuf),
+}
+
+impl Validator<'_> {
+    pub(super) fn rule(
+        &mut self,
+        raw: RawRule,
+        removed: &BTreeSet<String>,
+        context: &str,
+        span: Range<usize>,
+    ) -> Option<(Rule, Range<usize>)> {
+        let here = span.start..span.start;
+        let name = match &raw.name {
+            None if removed.contains("name") => None,
+            None => {
+                self.problems.at(
+                    here.clone(),
+                    format!(
+                        "{context}: missing `name`; give the rule a unique name such as \
+                         \"mygame-windows\""
+                    ),
+                );
+                None
+            }
+            Some(n) => {
+                let valid = !n.get_ref().is_empty()
+                    && n.get_ref()
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+                if valid {
+                    Some(n.get_ref().clone())
+                } else {
+                    self.problems.at(
+                        n.span(),
+                        format!(
+                            "{context} name: {:?} is not a valid rule name; use letters, digits, \
+                             '-', '_' and '.' only",
+                            n.get_ref()
+                        ),
+                    );
+                    None
+                }
+            }
+        };
+        let context = match &name {
+            Some(n) => format!("[[rule]] {n:?}"),
+            None => context.to_owned(),
+        };
+        let ctx = context.as_str();
+        let folder = match &raw.folder {
+            None if removed.contains("folder") => None,
+            None => {
+                self.problems.at(
+                    here.clone(),
+                    format!(
+                        "{ctx}: missing `folder`; name the folder that receives the build ZIPs"
+                    ),
+                );
+                None
+            }
+            Some(f) => self.path(f, &format!("{ctx} folder")),
+        };
+        let pattern = raw
+            .pattern
+            .as_ref()
+            .map(|p| (p.get_ref().clone(), p.span()))
+            .unwrap_or_else(|| ("*.zip".to_owned(), here.clone()));
+        let matcher = self.glob(&pattern.0, pattern.1.clone(), &format!("{ctx} pattern"));
+        let recursive = raw.recursive.map(|r| *r.get_ref()).unwrap_or(false);
+        let poll = match raw.poll {
+            None => Some(None),
+            Some(p) => self
+                .duration(Some(p), &format!("{ctx} poll"), "30s", Zero::Refused)
+                .map(Some),
+        };
+        let ignore = match &raw.ignore {
+            None => Some(None),
+            Some(list) => {
+                let mut builder = GlobSetBuilder::new();
+                let mut ok = true;
+                for p in list.get_ref() {
+                    match Glob::new(p) {
+                        Ok(g) => {
+                            builder.add(g);
+                        }
+                        Err(e) => {
+                            ok = false;
+                            self.problems.at(
+                                list.span(),
+                                format!(
+                                    "{ctx} ignore: {p:?} is not a valid glob ({}); expected file \
+                                     name patterns such as \"*.part\"",
+                                    e.kind()
+                                ),
+                            );
+                        }
+                    }
+                }
+                if ok {
+                    builder.build().ok().map(Some)
+                } else {
+                    None
+                }
+            }
+        };
+        let filename_regex = match &raw.filename_regex {
+            None => Some(None),
+            Some(r) => match Regex::new(r.get_ref()) {
+                Ok(re) => Some(Some(re)),
+                Err(e) => {
+                    let detail = e.to_string();
+                    let detail = detail.lines().last().unwrap_or("").trim();
+                    self.problems.at(
+                        r.span(),
+                        format!(
+                            "{ctx} filename_regex: not a valid regular expression ({detail}); \
+                             expected e.g. \"^Game-(?P<version>[0-9.]+)\\\\.zip$\""
+                        ),
+                    );
+                    None
+                }
+            },
+        };
+        let captures = filename_regex
+            .as_ref()
+            .and_then(|r| r.as_ref())
+            .map(capture_names)
+            .unwrap_or_default();
+        let label = match &raw.label {
+            None => Template::parse("{stem}", &captures).ok(),
+            Some(l) if l.get_ref().trim().is_empty() => {
+                self.problems.at(
+                    l.span(),
+                    format!("{ctx} label: the label template is empty; use e.g. \"{{stem}}\""),
+                );
+                None
+            }
+            Some(l) => self.template(l, &captures, &format!("{ctx} label")),
+        };
+        let changelog = match (&raw.changelog, &raw.changelog_file) {
+            (Some(a), Some(_)) => {
+                self.problems.at(
+                    a.span(),
+                    format!(
+                        "{ctx}: both changelog and changelog_file are set; keep one (an inline \
+                         template, or the name of a file next to the ZIP)"
+                    ),
+                );
+                None
+            }
+            (Some(c), None) => self
+                .template(c, &captures, &format!("{ctx} changelog"))
+                .map(Changelog::Inline),
+            (None, Some(f)) => {
+                let t = self.template(f, &captures, &format!("{ctx} changelog_file"));
+                if f.get_ref().contains('/') {
+                    self.problems.at(
+                        f.span(),
+                        format!(
+                            "{ctx} changelog_file: {:?} names a file next to the ZIP, so it \
+                             cannot contain '/'; e.g. \"{{stem}}.changelog.md\"",
+                            f.get_ref()
+                        ),
+                    );
+                    None
+                } else {
+                    t.map(Changelog::Sidecar)
+                }
+            }
+            (None, None) => Some(Changelog::None),
+        };
+        let app_secret = match &raw.app_secret {
+            None if removed.contains("app_secret") => None,
+            None => {
+                self.problems.at(
+                    here.clone(),
+                    format!(
+                        "{ctx}: missing `app_secret`; copy the app's secret from the PatchKit \
+                         panel"
+                    ),
+                );
+                None
+            }
+            Some(s) => {
+                let secret = s.get_ref().trim();
+                let valid = !secret.is_empty()
+                    && secret
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "-_".contains(c));
+                if valid {
+                    Some(secret.to_owned())
+                } else {
+                    self.problems.at(
+                        s.span(),
+                        format!(
+                            "{ctx} app_secret: expected the app's secret as shown in the \
+                             PatchKit panel (letters, digits, '-' and '_')"
+                        ),
+                    );
+                    None
+                }
+            }
+        };
+        let publish = raw.publish.map(|p| *p.get_ref()).unwrap_or(true);
+        let existing_draft = match &raw.existing_draft {
+            None => Some(ExistingDraft::Fail),
+            Some(v) => match v.get_ref().as_str() {
+                "fail" => Some(ExistingDraft::Fail),
+                "take_over" => Some(ExistingDraft::TakeOver),
+                other => {
+                    self.problems.at(
+                        v.span(),
+                        format!(
+                            "{ctx} existing_draft: {other:?} is not a policy; expected \"fail\" \
+                             (stop with a message) or \"take_over\" (relabel the draft and upload \
+                             over it)"
+                        ),
+                    );
+                    None
+                }
+            },
+        };
+        let after_publish = self.disposition(
+            raw.after_publish.as_ref(),
+            raw.done_folder.as_ref(),
+            ctx,
+            ("after_publish", "done_folder"),
+            &["keep", "delete", "move"],
+        );
+        let after_publish = after_publish.map(|d| match d {
+            Disposition::Keep => AfterPublish::Keep,
+            Disposition::Delete => AfterPublish::Delete,
+            Disposition::Move(p) => AfterPublish::Move(p),
+        });
+        let on_failure = self
+            .disposition(
+                raw.on_failure.as_ref(),
+                raw.failed_folder.as_ref(),
+                ctx,
+                ("on_failure", "failed_folder"),
+                &["keep", "move"],
+            )
+            .map(|d| match d {
+                Disposition::Move(p) => OnFailure::Move(p),
+                _ => OnFailure::Keep,
+            });
+        let name_span = raw.name.map(|n| n.span()).unwrap_or(here);
+        Some((
+            Rule {
+                name: name?,
+                folder: folder?,
+                pattern: pattern.0,
+                matcher: matcher?,
+                recursive,
+                poll: poll?,
+                ignore: ignore?,
+                filename_regex: filename_regex?,
+                app_secret: app_secret?,
+                label: label?,
+                changelog: changelog?,
+                publish,
+                existing_draft: existing_draft?,
+                after_publish: after_publish?,
+                on_failure: on_failure?,
+            },
+            name_span,
+        ))
+    }
+
+    fn glob(&mut self, pattern: &str, span: Range<usize>, field: &str) -> Option<GlobMatcher> {
+        match Glob::new(pattern) {
+            Ok(glob) if !pattern.contains('/') => Some(glob.compile_matcher()),
+            Ok(_) => {
+                self.problems.at(
+                    span,
+                    format!(
+                        "{field}: {pattern:?} contains '/'; the pattern matches file names \
+                         inside the folder, such as \"*.zip\" or \"MyGame-*-win64.zip\""
+                    ),
+                );
+                None
+            }
+            Err(err) => {
+                self.problems.at(
+                    span,
+                    format!(
+                        "{field}: {pattern:?} is not a valid glob ({}); expected a file name \
+                         pattern such as \"*.zip\"",
+                        err.kind()
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    fn template(
+        &mut self,
+        value: &Spanned<String>,
+        captures: &[String],
+        field: &str,
+    ) -> Option<Template> {
+        match Template::parse(value.get_ref(), captures) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                self.problems.at(value.span(), format!("{field}: {e}"));
+                None
+            }
+        }
+    }
+
+    /// Reads a disposition key and its folder (`after_publish` +
+    /// `done_folder`, `on_failure` + `failed_folder`).
+    fn disposition(
+        &mut self,
+        mode: Option<&Spanned<String>>,
+        folder: Option<&Spanned<String>>,
+        ctx: &str,
+        (mode_key, folder_key): (&str, &str),
+        allowed: &[&str],
+    ) -> Option<Disposition> {
+        let mode_name = mode.map(|m| m.get_ref().as_str()).unwrap_or("keep");
+        if !allowed.contains(&mode_name) {
+            let expected: Vec<String> = allowed.iter().map(|a| format!("{a:?}")).collect();
+            self.problems.at(
+                mode.map(Spanned::span).unwrap_or(0..0),
+                format!(
+                    "{ctx} {mode_key}: {mode_name:?} is not an option; expected one of {}",
+                    expected.join(", ")
+                ),
+            );
+            return None;
+        }
+        match (mode_name, folder) {
+            ("move", Some(f)) => self
+                .path(f, &format!("{ctx} {folder_key}"))
+                .map(Disposition::Move),
+            ("move", None) => {
+                self.problems.at(
+                    mode.map(Spanned::span).unwrap_or(0..0),
+                    format!(
+                        "{ctx} {mode_key} = \"move\" needs {folder_key}: the folder the files \
+                         are moved to"
+                    ),
+                );
+                None
+            }
+            (_, Some(f)) => {
+                self.problems.at(
+                    f.span(),
+                    format!(
+                        "{ctx} {folder_key} is set but {mode_key} is {mode_name:?}; set \
+                         {mode_key} = \"move\" to use it, or remove {folder_key}"
+                    ),
+                );
+                None
+            }
+            ("delete", None) => Some(Disposition::Delete),
+            _ => Some(Disposition::Keep),
+        }
+    }
+}
+
+enum Disposition {
+    Keep,
+    Delete,
+    Move(PathBuf),
+}
+
+/// Whether two rules could both take the same file: same folder (or one
+/// inside the other's recursive tree) and patterns that share a name. Two
+/// globs share a name when a sample name made from either (each wildcard
+/// replaced by a plain letter) matches the other.
+pub(super) fn overlap(a: &Rule, b: &Rule) -> bool {
+    let same_tree = a.folder == b.folder
+        || (a.recursive && b.folder.starts_with(&a.folder))
+        || (b.recursive && a.folder.starts_with(&b.folder));
+    same_tree
+        && (a.matcher.is_match(sample_name(&b.pattern))
+            || b.matcher.is_match(sample_name(&a.pattern)))
+}
+
+fn sample_name(pattern: &str) -> String {
+    let mut out = String::new();
+    let mut chars = pattern.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '*' | '?' => out.push('x'),
+            '[' => {
+                // The first character the class allows.
+                let mut first = None;
+                for c in chars.by_ref() {
+                    if c == ']' {
+                        break;
+                    }
+                    if first.is_none() && c != '!' && c != '^' {
+                        first = Some(c);
+                    }
+                }
+                out.push(first.unwrap_or('x'));
+            }
+            '{' => {
+                // The first alternative.
+                let mut alt = String::new();
+                let mut done = false;
+                for c in chars.by_ref() {
+                    if c == '}' {
+                        break;
+                    }
+                    if c == ',' {
+                        done = true;
+                    }
+                    if !done {
+                        alt.push(c);
+                    }
+                }
+                out.push_str(&alt);
+            }
+            '\\' => {
+                if let Some(c) = chars.next() {
+                    out.push(c);
+                }
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}

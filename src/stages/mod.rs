@@ -1,0 +1,252 @@
+//! The pipeline stages, one file each, in PatchKit's order: `validate`,
+//! `create_version`, `upload`, `process` (content_file, the job, the
+//! messages) and `publish`.
+//!
+//! Each stage takes a build in one of its states, performs its side effects
+//! and moves the build on through `Store::transition`, which is written and
+//! flushed *before* the side effect that depends on it. Every stage starts
+//! by asking PatchKit (or the disk) what already happened, so running it
+//! again after a crash at any line is safe. A stage never decides whether to
+//! retry: it returns a [`StepError`] and `policy` decides.
+//!
+//! Stages know the client, the store and the rule; they know nothing about
+//! workers, scheduling or the watcher.
+
+mod create_version;
+mod process;
+mod publish;
+mod upload;
+mod validate;
+
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{ExistingDraft, Rule};
+use crate::patchkit::{ApiError, Client, UploadError};
+use crate::state::{BuildState, FileIdentity, Stage};
+use crate::store::{Build, Store, StoreError};
+
+/// What a stage needs from the daemon.
+#[derive(Clone)]
+pub struct StageCtx {
+    /// The build records.
+    pub store: Store,
+    /// The PatchKit client, with the current key.
+    pub client: Client,
+    /// Bytes per chunk for new uploads (a resumed upload keeps its own).
+    pub chunk_size: u64,
+    /// First interval between polls of a job or a publish.
+    pub poll_interval: Duration,
+    /// How long a changed file must stay unchanged before it is uploaded
+    /// again.
+    pub settle: Duration,
+    /// What to do with a draft this build did not create.
+    pub existing_draft: ExistingDraft,
+    /// The rule's name, for messages (the rule may have left the config).
+    pub rule_name: String,
+    /// Cancelled on shutdown or when this build is cancelled: stages stop at
+    /// the next safe point.
+    pub cancel: CancellationToken,
+}
+
+impl StageCtx {
+    /// Takes the per-rule settings from `rule`, when the rule still exists.
+    pub fn with_rule(mut self, rule: Option<&Rule>) -> Self {
+        if let Some(rule) = rule {
+            self.existing_draft = rule.existing_draft;
+            self.rule_name = rule.name.clone();
+        }
+        self
+    }
+}
+
+/// Why a step did not complete.
+#[derive(Debug, thiserror::Error)]
+pub enum StepError {
+    /// An API call failed; `policy` decides by its class.
+    #[error("{0}")]
+    Api(#[from] ApiError),
+    /// The ZIP could not be read while uploading (disk or network share).
+    #[error("{0}")]
+    Io(String),
+    /// PatchKit is busy with something that must finish first (a publish of
+    /// the app's draft in progress): try again later.
+    #[error("{0}")]
+    Busy(String),
+    /// The build cannot go on: it fails with this reason.
+    #[error("{reason}")]
+    Fail {
+        /// Where it failed.
+        stage: Stage,
+        /// What happened and what to do, for the operator.
+        reason: String,
+    },
+    /// The store could not record the step; the build stays as it was.
+    #[error("{0}")]
+    Store(#[from] StoreError),
+    /// Shutdown or cancel: stopped at a safe point.
+    #[error("stopped")]
+    Cancelled,
+}
+
+impl StepError {
+    fn fail(stage: Stage, reason: impl Into<String>) -> Self {
+        StepError::Fail {
+            stage,
+            reason: reason.into(),
+        }
+    }
+}
+
+impl From<UploadError> for StepError {
+    fn from(err: UploadError) -> Self {
+        match err {
+            UploadError::Api(e) => StepError::Api(e),
+            UploadError::Cancelled { .. } => StepError::Cancelled,
+            UploadError::Ack(e) => match e.downcast::<StoreError>() {
+                Ok(store) => StepError::Store(*store),
+                Err(other) => StepError::Io(other.to_string()),
+            },
+            other @ (UploadError::Io { .. }
+            | UploadError::FileChanged { .. }
+            | UploadError::Invalid { .. }) => StepError::Io(other.to_string()),
+        }
+    }
+}
+
+/// Runs the stage for the build's current state up to its next durable
+/// state (or several, for the upload's chunks) and returns the build as
+/// stored afterwards.
+pub async fn step(ctx: &StageCtx, build: &Build) -> Result<Build, StepError> {
+    if ctx.cancel.is_cancelled() {
+        return Err(StepError::Cancelled);
+    }
+    match &build.state {
+        BuildState::Queued => validate::run(ctx, build).await,
+        BuildState::Validated => create_version::run(ctx, build).await,
+        BuildState::VersionReady { .. } | BuildState::Uploading { .. } => {
+            upload::run(ctx, build).await
+        }
+        BuildState::Uploaded { .. } | BuildState::Processing { .. } => {
+            process::run(ctx, build).await
+        }
+        BuildState::Processed { .. } | BuildState::Publishing { .. } => {
+            publish::run(ctx, build).await
+        }
+        BuildState::Published { .. }
+        | BuildState::Scheduled { .. }
+        | BuildState::Draft { .. }
+        | BuildState::Failed { .. }
+        | BuildState::Cancelled { .. } => Ok(build.clone()),
+    }
+}
+
+/// Moves the build from its current state to `next` (from a pure
+/// transition), failing the step if the transition is illegal.
+async fn advance(
+    ctx: &StageCtx,
+    build: &Build,
+    next: Result<BuildState, crate::state::TransitionError>,
+) -> Result<Build, StepError> {
+    let next = next.map_err(|e| {
+        StepError::fail(
+            build.state.stage(),
+            format!("internal error: {e}; please report this"),
+        )
+    })?;
+    Ok(ctx.store.transition(build.id, &build.state, next).await?)
+}
+
+/// Sleeps for `delay` unless cancelled first.
+async fn pause(ctx: &StageCtx, delay: Duration) -> Result<(), StepError> {
+    tokio::select! {
+        _ = ctx.cancel.cancelled() => Err(StepError::Cancelled),
+        _ = tokio::time::sleep(delay) => Ok(()),
+    }
+}
+
+/// Poll intervals for jobs and publishing: about once per `first` at the
+/// start (PatchKit's guide asks for about once a second), growing by half
+/// each time up to ten times that, so an hour-long job costs a few hundred
+/// requests rather than thousands.
+struct PollBackoff {
+    next: Duration,
+    max: Duration,
+}
+
+impl PollBackoff {
+    fn new(first: Duration) -> Self {
+        Self {
+            next: first,
+            max: first * 10,
+        }
+    }
+
+    async fn wait(&mut self, ctx: &StageCtx) -> Result<(), StepError> {
+        let delay = self.next;
+        self.next = (self.next * 3 / 2).min(self.max);
+        pause(ctx, delay).await
+    }
+}
+
+/// Reads the file's identity now. A file that is gone fails the build.
+async fn identity_now(build: &Build, stage: Stage) -> Result<FileIdentity, StepError> {
+    let path = build.file.clone();
+    let meta = tokio::fs::metadata(&path).await.map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            StepError::fail(
+                stage,
+                format!(
+                    "{} is gone: it was moved or deleted before it was uploaded; drop it again \
+                     to publish it",
+                    path.display()
+                ),
+            )
+        } else {
+            StepError::Io(format!("cannot read {}: {e}", path.display()))
+        }
+    })?;
+    Ok(FileIdentity::from_metadata(path, &meta))
+}
+
+/// Whether two identities are the same file content as far as the disk
+/// tells: size, modification time and inode.
+fn same_file(a: &FileIdentity, b: &FileIdentity) -> bool {
+    a.size == b.size && a.mtime_ns == b.mtime_ns && a.inode == b.inode
+}
+
+/// The file changed since `expected` was recorded. The build goes on with
+/// the new content, once it has stayed unchanged for `settle` (it may still
+/// be being written), unless another build already took the new file: then
+/// this one fails, naming it, so the file is published once.
+async fn follow_changed_file(
+    ctx: &StageCtx,
+    build: &Build,
+    stage: Stage,
+    mut current: FileIdentity,
+) -> Result<FileIdentity, StepError> {
+    tracing::warn!(
+        build = %build.id,
+        file = %build.file.display(),
+        "the file changed since it was taken; waiting for it to settle before uploading it anew"
+    );
+    loop {
+        if let Some(other) = ctx.store.claim_identity(build.id, &current).await? {
+            return Err(StepError::fail(
+                stage,
+                format!(
+                    "{} changed after this build took it; the new file is build {other}, which \
+                     publishes it instead",
+                    build.file.display()
+                ),
+            ));
+        }
+        pause(ctx, ctx.settle).await?;
+        let again = identity_now(build, stage).await?;
+        if same_file(&again, &current) {
+            return Ok(current);
+        }
+        current = again;
+    }
+}

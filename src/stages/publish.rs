@@ -1,0 +1,96 @@
+//! `Processed -> Publishing -> Published | Scheduled`, or `Processed ->
+//! Draft` when the rule does not publish.
+//!
+//! Publishing is not a job: the version is polled. The version is read
+//! before `publish` is sent, so after a crash a publish already under way,
+//! done or scheduled is recognised and never sent twice.
+
+use crate::patchkit::PublishState;
+use crate::state::{BuildState, Stage};
+use crate::store::Build;
+
+use super::{PollBackoff, StageCtx, StepError, advance};
+
+/// After `publish` was accepted, a version that shows no sign of publishing
+/// this many polls in a row was refused. A few polls allow for a server
+/// that records the request a moment after answering it.
+const QUIET_POLLS_BEFORE_REFUSED: u32 = 5;
+
+pub(super) async fn run(ctx: &StageCtx, build: &Build) -> Result<Build, StepError> {
+    match &build.state {
+        BuildState::Processed { version_id, .. } if !build.publish => {
+            tracing::info!(
+                build = %build.id, version = version_id,
+                "processed; left as a draft because the rule does not publish"
+            );
+            advance(ctx, build, build.state.kept_as_draft()).await
+        }
+        BuildState::Processed { .. } => {
+            let publishing = advance(ctx, build, build.state.publish_requested()).await?;
+            follow(ctx, &publishing).await
+        }
+        BuildState::Publishing { .. } => follow(ctx, build).await,
+        _ => Ok(build.clone()),
+    }
+}
+
+/// Reads the version, sends `publish` if nothing is under way, and polls
+/// until it is published or scheduled.
+async fn follow(ctx: &StageCtx, build: &Build) -> Result<Build, StepError> {
+    let Some(version_id) = build.state.version_id() else {
+        return Ok(build.clone());
+    };
+    let mut backoff = PollBackoff::new(ctx.poll_interval);
+    let mut sent = false;
+    let mut quiet = 0;
+    loop {
+        let version = ctx
+            .client
+            .get_version(&build.app_secret, version_id)
+            .await?;
+        match version.publish_state() {
+            PublishState::Published => {
+                let at = u64::try_from(version.publish_date).unwrap_or(0);
+                tracing::info!(
+                    build = %build.id, rule = %build.rule, label = %build.label,
+                    version = version_id, "published"
+                );
+                return advance(ctx, build, build.state.published(at)).await;
+            }
+            PublishState::Scheduled { at } => {
+                let at = u64::try_from(at).unwrap_or(0);
+                tracing::info!(
+                    build = %build.id, version = version_id, publish_time = at,
+                    "scheduled: PatchKit publishes it at the set time"
+                );
+                return advance(ctx, build, build.state.scheduled(at)).await;
+            }
+            PublishState::Publishing { progress } => {
+                quiet = 0;
+                tracing::debug!(build = %build.id, progress, "publishing");
+            }
+            PublishState::NotPublished if !sent => {
+                ctx.client.publish(&build.app_secret, version_id).await?;
+                crate::crashpoint::hit("after-publish");
+                tracing::info!(build = %build.id, version = version_id, "publish requested");
+                sent = true;
+            }
+            PublishState::NotPublished => {
+                quiet += 1;
+                if quiet >= QUIET_POLLS_BEFORE_REFUSED {
+                    return Err(StepError::fail(
+                        Stage::Publish,
+                        format!(
+                            "PatchKit did not publish version {version_id}: it is neither \
+                             published, publishing nor scheduled after the request, so it was \
+                             refused or failed. Check the version in the PatchKit panel, then \
+                             run `patchkit-autopublish retry {}`",
+                            build.id
+                        ),
+                    ));
+                }
+            }
+        }
+        backoff.wait(ctx).await?;
+    }
+}

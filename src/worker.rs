@@ -1,0 +1,136 @@
+//! Drives one build, stage after stage, until it is finished, must wait, or
+//! is stopped. The worker owns the build while it runs: the daemon starts at
+//! most one worker per build and per app.
+//!
+//! Knows the stages and the retry policy; nothing about scheduling, the
+//! watcher or signals.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::patchkit::RetryPolicy;
+use crate::policy::{Decision, decide};
+use crate::stages::{StageCtx, StepError, step};
+use crate::store::{Build, BuildId, StoreError};
+
+/// How a worker ended.
+#[derive(Debug)]
+pub enum Outcome {
+    /// The build reached a terminal state (published, scheduled, draft,
+    /// failed or cancelled).
+    Finished(Build),
+    /// A step failed in a way worth repeating; the record says when.
+    Retry(Build),
+    /// PatchKit refused the API key; the record says when to try again.
+    KeyRefused(Build),
+    /// Stopped by shutdown or a cancel request, at a safe point.
+    Stopped(BuildId),
+    /// The store could not be written; the build is as last recorded.
+    StoreFailed(BuildId, StoreError),
+}
+
+/// Runs `build` until it finishes or must wait. `key_retry` is the pause
+/// after a refused key.
+pub async fn drive(
+    ctx: StageCtx,
+    mut build: Build,
+    retry: RetryPolicy,
+    key_retry: Duration,
+) -> Outcome {
+    let id = build.id;
+    loop {
+        if build.state.is_terminal() {
+            return Outcome::Finished(build);
+        }
+        let before = build.state.clone();
+        let err = match step(&ctx, &build).await {
+            Ok(next) => {
+                build = next;
+                if build.attempts > 0 && build.state != before {
+                    match ctx.store.clear_attempts(id, &build.state).await {
+                        Ok(cleared) => build = cleared,
+                        Err(e) => return Outcome::StoreFailed(id, e),
+                    }
+                }
+                continue;
+            }
+            Err(err) => err,
+        };
+        // The step may have moved the build before failing (an upload that
+        // recorded chunks); work from the stored record.
+        build = match ctx.store.get(id) {
+            Ok(Some(latest)) => latest,
+            Ok(None) => return Outcome::StoreFailed(id, StoreError::NotFound { id }),
+            Err(e) => return Outcome::StoreFailed(id, e),
+        };
+        let decision = decide(&err, build.attempts, &retry);
+        let result = match decision {
+            Decision::Retry(delay) => {
+                tracing::warn!(
+                    build = %id, rule = %build.rule, label = %build.label,
+                    stage = %build.state.stage(), attempt = build.attempts + 1,
+                    retry_in = ?delay, "{err}; will retry"
+                );
+                record(&ctx, &build, &err, delay).await.map(Outcome::Retry)
+            }
+            Decision::PauseForKey => {
+                tracing::error!(
+                    build = %id, "{err}; PatchKit refused the API key. Every build waits; fix \
+                     the key (api_key_env, api_key_file or the systemd credential) and the \
+                     daemon retries every {}", humantime::format_duration(key_retry)
+                );
+                record(&ctx, &build, &err, key_retry)
+                    .await
+                    .map(Outcome::KeyRefused)
+            }
+            Decision::Fail(reason) => {
+                let stage = match &err {
+                    StepError::Fail { stage, .. } => *stage,
+                    _ => build.state.stage(),
+                };
+                tracing::error!(
+                    build = %id, rule = %build.rule, label = %build.label, %stage,
+                    "build failed: {reason}"
+                );
+                let next = build.state.failed(stage, reason, build.attempts + 1);
+                match next {
+                    Ok(next) => ctx
+                        .store
+                        .transition(id, &build.state, next)
+                        .await
+                        .map(Outcome::Finished),
+                    Err(e) => {
+                        tracing::error!(build = %id, "cannot mark the build failed: {e}");
+                        return Outcome::Stopped(id);
+                    }
+                }
+            }
+            Decision::Stop => {
+                return match err {
+                    StepError::Store(e) => Outcome::StoreFailed(id, e),
+                    _ => Outcome::Stopped(id),
+                };
+            }
+        };
+        return result.unwrap_or_else(|e| Outcome::StoreFailed(id, e));
+    }
+}
+
+async fn record(
+    ctx: &StageCtx,
+    build: &Build,
+    err: &StepError,
+    delay: Duration,
+) -> Result<Build, StoreError> {
+    let at = now_ms().saturating_add(u64::try_from(delay.as_millis()).unwrap_or(u64::MAX));
+    ctx.store
+        .record_attempt(build.id, &build.state, err.to_string(), Some(at))
+        .await
+}
+
+/// Now, in Unix milliseconds.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
