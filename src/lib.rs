@@ -14,3 +14,4 @@
 pub mod archive;
 pub mod config;
 pub mod patchkit;
+pub mod watcher;
