@@ -23,4 +23,5 @@ pub mod sandbox;
 pub mod stages;
 pub mod state;
 pub mod store;
+pub mod watcher;
 pub mod worker;
