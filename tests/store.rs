@@ -46,7 +46,7 @@ fn new_build(app: &str, path: &str, mtime_ns: i128) -> NewBuild {
 
 async fn enqueue_new(store: &Store, new: NewBuild) -> Build {
     match store.enqueue(new).await.unwrap() {
-        Enqueued::New(b) => b,
+        Enqueued::New(b) => *b,
         Enqueued::Existing(id) => panic!("build {id} already existed"),
     }
 }

@@ -118,7 +118,7 @@ pub struct NewBuild {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Enqueued {
     /// A new build was recorded, in state `Queued`.
-    New(Build),
+    New(Box<Build>),
     /// A build with the same file identity was recorded before. Its record
     /// may since have been pruned; the identity is remembered regardless.
     Existing(BuildId),

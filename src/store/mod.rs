@@ -355,7 +355,7 @@ impl Store {
         match outcome {
             Ok(()) => {
                 inner.db.flush_async().await?;
-                Ok(Enqueued::New(build))
+                Ok(Enqueued::New(Box::new(build)))
             }
             Err(TransactionError::Abort(existing)) => Ok(Enqueued::Existing(decode_id(
                 "by_identity entry",
