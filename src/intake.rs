@@ -108,7 +108,7 @@ pub async fn enqueue(store: &Store, rule: &Rule, path: &Path) -> Result<Enqueued
                 .failed(Stage::Validate, reason, 1)
                 .expect("a queued build can fail");
             let build = store.transition(build.id, &build.state, failed).await?;
-            return Ok(Enqueued::New(build));
+            return Ok(Enqueued::New(Box::new(build)));
         }
     }
     Ok(enqueued)

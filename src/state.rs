@@ -955,7 +955,7 @@ mod tests {
                 s.chunk_acknowledged((acknowledged + chunk_size).min(*total))
             }
             BuildState::Uploading { .. } => s.uploaded(),
-            BuildState::Uploaded { .. } => s.processing_requested(),
+            BuildState::Uploaded { .. } => s.processing_requested(None),
             BuildState::Processing { job_guid: None, .. } => s.job_started("guid"),
             BuildState::Processing { .. } => s.processed(vec!["warning".into()]),
             BuildState::Processed { .. } => s.publish_requested(),
