@@ -20,6 +20,12 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the daemon: watch the rule folders and publish every build.
+    ///
+    /// Resumes every unfinished build in the store first, oldest first.
+    /// SIGTERM or SIGINT stops it cleanly (a second one at once); SIGHUP
+    /// reloads the config.
+    Run(RunArgs),
     /// Validate the config file and read the API key; changes nothing.
     ///
     /// Reports every problem of the file with its line and column, then
@@ -31,6 +37,31 @@ pub enum Command {
     /// It serves the API on two loopback ports (main and upload), prints a
     /// ready-to-paste [patchkit] section, and runs until Ctrl-C.
     Sandbox(SandboxArgs),
+    /// Start a failed build again, from a fresh upload (its draft version is
+    /// reused).
+    Retry(BuildArg),
+    /// Stop a build for good; its file is left where it is.
+    Cancel(BuildArg),
+}
+
+/// Options of `run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// Take the builds already in the rule folders, finish every build, then
+    /// exit (for cron jobs and CI steps) instead of watching.
+    #[arg(long)]
+    pub once: bool,
+}
+
+/// A build, by the id `status` shows.
+#[derive(Debug, Args)]
+pub struct BuildArg {
+    /// The build id.
+    pub build: crate::store::BuildId,
+    #[command(flatten)]
+    pub config: ConfigArg,
 }
 
 /// The config file option shared by the commands that read it.

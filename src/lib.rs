@@ -15,6 +15,8 @@ pub mod archive;
 pub mod cli;
 pub mod config;
 pub mod crashpoint;
+pub mod daemon;
+pub mod dispose;
 pub mod intake;
 pub mod patchkit;
 pub mod policy;

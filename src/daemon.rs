@@ -1,0 +1,651 @@
+//! The daemon: one event loop that turns watcher events, finished workers,
+//! control commands and timers into work.
+//!
+//! [`run`] opens the store (failing at once if another daemon has the state
+//! directory), reads the key, starts the watcher and drives every unfinished
+//! build, oldest first. Each trigger of work is one variant of [`Event`],
+//! handled in one `match`. Builds of one app run strictly one at a time in
+//! arrival order (PatchKit allows one draft per app); at most `workers`
+//! builds run at once. Shutdown stops new work, lets in-flight chunk
+//! requests finish within `shutdown_timeout`, flushes the store and returns.
+//!
+//! Knows the config, the store, the watcher and the worker; it never talks
+//! HTTP itself and never writes a build record except through
+//! `Store::transition` (cancel, retry) and `intake::enqueue`.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{Config, ConfigError, KeyError, KeyOrigin, Rule};
+use crate::dispose;
+use crate::intake::{self, IntakeError};
+use crate::patchkit::{ApiKey, BuildError, Client, RetryPolicy};
+use crate::stages::StageCtx;
+use crate::state::BuildState;
+use crate::store::{Build, BuildId, Enqueued, Store, StoreError};
+use crate::watcher::{WatchError, WatchEvent, WatchOptions, WatchSpec, Watcher, WatcherHandle};
+use crate::worker::{Outcome, drive, now_ms};
+
+/// How the daemon runs.
+#[derive(Debug, Default)]
+pub struct RunOptions {
+    /// Take what is in the rule folders now, finish every build, and return,
+    /// instead of watching.
+    pub once: bool,
+    /// Control commands (the status socket, tests).
+    pub commands: Option<mpsc::Receiver<Command>>,
+    /// Config reloads (SIGHUP): each message is a freshly loaded config.
+    pub reloads: Option<mpsc::Receiver<Result<Config, ConfigError>>>,
+}
+
+/// A request to the running daemon.
+#[derive(Debug)]
+pub enum Command {
+    /// Start a failed build again, from a fresh upload.
+    Retry(BuildId, oneshot::Sender<Result<Build, ControlError>>),
+    /// Stop a build for good.
+    Cancel(BuildId, oneshot::Sender<Result<Build, ControlError>>),
+    /// Every build the daemon knows is unfinished, and which are running.
+    Status(oneshot::Sender<Vec<Build>>),
+}
+
+/// Why a control command was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("there is no build {0}; `patchkit-autopublish status --all` lists them")]
+    Unknown(BuildId),
+    #[error("build {id} is {state}, not failed; only a failed build can be retried")]
+    NotFailed { id: BuildId, state: &'static str },
+    #[error("build {id} is already {state}; there is nothing to cancel")]
+    Finished { id: BuildId, state: &'static str },
+    #[error("{0}")]
+    Store(#[from] StoreError),
+}
+
+/// Why the daemon could not start or had to stop.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("{0}")]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Key(#[from] KeyError),
+    #[error("cannot set up the PatchKit client: {0}")]
+    Client(#[from] BuildError),
+    #[error("{0}")]
+    Watch(#[from] WatchError),
+}
+
+/// Retries a failed build from the store directly (the daemon is not
+/// running). A build with a known version reuses it with a fresh upload.
+pub async fn retry_build(store: &Store, id: BuildId) -> Result<Build, ControlError> {
+    let build = store.get(id)?.ok_or(ControlError::Unknown(id))?;
+    let next = build.state.retry().map_err(|_| ControlError::NotFailed {
+        id,
+        state: build.state.name(),
+    })?;
+    let build = store.transition(id, &build.state, next).await?;
+    Ok(store.clear_attempts(id, &build.state).await?)
+}
+
+/// Cancels a build that no worker is running.
+pub async fn cancel_build(store: &Store, id: BuildId) -> Result<Build, ControlError> {
+    let build = store.get(id)?.ok_or(ControlError::Unknown(id))?;
+    let next = build
+        .state
+        .cancelled()
+        .map_err(|_| ControlError::Finished {
+            id,
+            state: build.state.name(),
+        })?;
+    Ok(store.transition(id, &build.state, next).await?)
+}
+
+/// One trigger of work.
+enum Event {
+    /// The watcher saw something.
+    Watch(WatchEvent),
+    /// A worker ended.
+    Done(BuildId, Box<Outcome>),
+    /// A control request.
+    Command(Command),
+    /// A reloaded config (or why it could not be loaded).
+    Reload(Box<Result<Config, ConfigError>>),
+    /// A retry time or the key pause passed.
+    Tick,
+    /// Shutdown was requested.
+    Shutdown,
+}
+
+/// A build a worker is driving.
+struct Running {
+    app: String,
+    cancel: CancellationToken,
+    /// Cancel requests waiting for the worker to stop.
+    cancel_replies: Vec<oneshot::Sender<Result<Build, ControlError>>>,
+}
+
+struct Daemon {
+    config: Config,
+    store: Store,
+    client: Client,
+    key: ApiKey,
+    key_origin: KeyOrigin,
+    /// Unfinished builds by id (arrival order): the daemon's work list.
+    pending: BTreeMap<BuildId, Build>,
+    running: HashMap<BuildId, Running>,
+    tracker: TaskTracker,
+    done_tx: mpsc::UnboundedSender<(BuildId, Outcome)>,
+    /// While PatchKit refuses the key: no build starts before this (Unix ms).
+    key_paused_until: Option<u64>,
+    cancel: CancellationToken,
+    /// Watcher messages already logged, so a bad file is reported once.
+    reported: HashSet<PathBuf>,
+}
+
+/// Runs the daemon until `cancel` fires (or, with `once`, until every build
+/// is finished).
+pub async fn run(
+    config: Config,
+    mut opts: RunOptions,
+    cancel: CancellationToken,
+) -> Result<(), DaemonError> {
+    let state_dir = config.daemon.state_dir.clone();
+    let store = tokio::task::spawn_blocking(move || Store::open(&state_dir))
+        .await
+        .expect("the store open task does not panic")?;
+    let (key, key_origin) = config.patchkit.load_key()?;
+    tracing::info!(origin = %key_origin, "API key read");
+    let client = Client::new(config.patchkit.client_options(key.clone()))?;
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel();
+    let mut daemon = Daemon {
+        pending: store.unfinished()?.into_iter().map(|b| (b.id, b)).collect(),
+        config,
+        store,
+        client,
+        key,
+        key_origin,
+        running: HashMap::new(),
+        tracker: TaskTracker::new(),
+        done_tx,
+        key_paused_until: None,
+        cancel: cancel.clone(),
+        reported: HashSet::new(),
+    };
+    daemon.dispose_leftovers().await;
+
+    let watcher_cancel = cancel.child_token();
+    let (watcher, mut watch_rx) = if opts.once {
+        daemon.take_folder_contents().await;
+        (None, None)
+    } else {
+        let (handle, rx) = Watcher::start(
+            watch_specs(&daemon.config.rules),
+            watch_options(&daemon.config),
+            watcher_cancel.clone(),
+        )?;
+        (Some(handle), Some(rx))
+    };
+    let mut commands = opts.commands.take();
+    let mut reloads = opts.reloads.take();
+    tracing::info!(
+        rules = daemon.config.rules.len(),
+        unfinished = daemon.pending.len(),
+        workers = daemon.config.daemon.workers,
+        "daemon running"
+    );
+
+    loop {
+        let wake = daemon.schedule();
+        if opts.once && daemon.pending.is_empty() && daemon.running.is_empty() {
+            break;
+        }
+        let sleep = wake.map(|at| Duration::from_millis(at.saturating_sub(now_ms())));
+        let event = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => Event::Shutdown,
+            Some((id, outcome)) = done_rx.recv() => Event::Done(id, Box::new(outcome)),
+            Some(cmd) = recv(&mut commands) => Event::Command(cmd),
+            Some(reload) = recv(&mut reloads) => Event::Reload(Box::new(reload)),
+            Some(ev) = recv(&mut watch_rx) => Event::Watch(ev),
+            _ = sleep_for(sleep) => Event::Tick,
+        };
+        match event {
+            Event::Shutdown => break,
+            Event::Done(id, outcome) => daemon.finished(id, *outcome).await,
+            Event::Command(cmd) => daemon.command(cmd).await,
+            Event::Reload(reload) => daemon.reload(*reload, watcher.as_ref()).await,
+            Event::Watch(ev) => daemon.watch_event(ev).await,
+            Event::Tick => daemon.key_pause_over().await,
+        }
+    }
+
+    daemon.shutdown().await;
+    watcher_cancel.cancel();
+    if let Some(watcher) = watcher {
+        watcher.stopped().await;
+    }
+    Ok(())
+}
+
+async fn recv<T>(rx: &mut Option<mpsc::Receiver<T>>) -> Option<T> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_for(delay: Option<Duration>) {
+    match delay {
+        Some(d) => tokio::time::sleep(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The watcher's view of the rules.
+fn watch_specs(rules: &[Rule]) -> Vec<WatchSpec> {
+    rules
+        .iter()
+        .map(|rule| {
+            let mut spec = WatchSpec::new(&rule.name, &rule.folder, rule.matcher.clone());
+            spec.recursive = rule.recursive;
+            spec.poll = rule.poll;
+            if let Some(ignore) = &rule.ignore {
+                spec.ignore = ignore.clone();
+            }
+            spec
+        })
+        .collect()
+}
+
+fn watch_options(config: &Config) -> WatchOptions {
+    WatchOptions {
+        settle: config.daemon.settle,
+        rescan: config.daemon.rescan,
+    }
+}
+
+impl Daemon {
+    /// Starts every build that may run now and returns when the next one
+    /// waiting for a retry time may (Unix ms).
+    fn schedule(&mut self) -> Option<u64> {
+        let now = now_ms();
+        let mut busy: HashSet<String> = self.running.values().map(|r| r.app.clone()).collect();
+        let mut wake: Option<u64> = None;
+        if let Some(until) = self.key_paused_until
+            && until > now
+        {
+            return Some(until);
+        }
+        let mut start = Vec::new();
+        for (id, build) in &self.pending {
+            if self.running.contains_key(id) || !busy.insert(build.app_secret.clone()) {
+                // This app already has its oldest unfinished build going (or
+                // waiting); the rest wait their turn.
+                continue;
+            }
+            if let Some(at) = build.next_attempt_at.filter(|at| *at > now) {
+                wake = Some(wake.map_or(at, |w| w.min(at)));
+                continue;
+            }
+            if self.running.len() + start.len() >= self.config.daemon.workers {
+                break;
+            }
+            start.push(*id);
+        }
+        for id in start {
+            self.start(id);
+        }
+        wake
+    }
+
+    fn start(&mut self, id: BuildId) {
+        let Some(build) = self.pending.get(&id).cloned() else {
+            return;
+        };
+        let cancel = self.cancel.child_token();
+        let rule = self.config.rule(&build.rule);
+        let ctx = StageCtx {
+            store: self.store.clone(),
+            client: self.client.clone(),
+            chunk_size: self.config.daemon.chunk_size,
+            poll_interval: self.config.daemon.poll_interval,
+            settle: self.config.daemon.settle,
+            existing_draft: Default::default(),
+            rule_name: build.rule.clone(),
+            cancel: cancel.clone(),
+        }
+        .with_rule(rule);
+        let retry = self.retry_policy();
+        let key_retry = self.config.daemon.auth_retry;
+        let done = self.done_tx.clone();
+        tracing::info!(
+            build = %id, rule = %build.rule, label = %build.label,
+            state = %build.state.name(), "working on build"
+        );
+        self.running.insert(
+            id,
+            Running {
+                app: build.app_secret.clone(),
+                cancel,
+                cancel_replies: Vec::new(),
+            },
+        );
+        self.tracker.spawn(async move {
+            let outcome = drive(ctx, build, retry, key_retry).await;
+            let _ = done.send((id, outcome));
+        });
+    }
+
+    /// Stage retries wait between these bounds; PatchKit being down for an
+    /// hour delays builds, it does not fail them.
+    fn retry_policy(&self) -> RetryPolicy {
+        RetryPolicy {
+            base: self.config.patchkit.retry_base,
+            cap: self.config.patchkit.retry_cap,
+            give_up: None,
+        }
+    }
+
+    async fn finished(&mut self, id: BuildId, outcome: Outcome) {
+        let running = self.running.remove(&id);
+        match outcome {
+            Outcome::Finished(build) => {
+                self.pending.remove(&id);
+                self.dispose(&build).await;
+            }
+            Outcome::Retry(build) => {
+                self.pending.insert(id, build);
+            }
+            Outcome::KeyRefused(build) => {
+                self.pending.insert(id, build);
+                let until = now_ms() + millis(self.config.daemon.auth_retry);
+                self.key_paused_until = Some(self.key_paused_until.map_or(until, |u| u.max(until)));
+            }
+            Outcome::Stopped(_) => {
+                if let Ok(Some(build)) = self.store.get(id) {
+                    self.pending.insert(id, build);
+                }
+            }
+            Outcome::StoreFailed(_, err) => {
+                tracing::error!(
+                    build = %id,
+                    "the build store could not be written: {err}; the build is kept as last \
+                     recorded and tried again in a minute. Check the disk under {}",
+                    self.store.dir().display()
+                );
+                if let Ok(Some(mut build)) = self.store.get(id) {
+                    build.next_attempt_at = Some(now_ms() + 60_000);
+                    self.pending.insert(id, build);
+                }
+            }
+        }
+        // Cancel requests waited for the worker to stop.
+        if let Some(running) = running
+            && !running.cancel_replies.is_empty()
+        {
+            let result = cancel_build(&self.store, id).await;
+            if let Ok(build) = &result {
+                self.pending.remove(&id);
+                tracing::info!(build = %id, "build cancelled");
+                self.dispose(build).await;
+            }
+            let mut replies = running.cancel_replies.into_iter();
+            if let Some(first) = replies.next() {
+                let _ = first.send(result);
+            }
+            // Repeated requests for the same build see where it ended up.
+            for reply in replies {
+                let _ = reply.send(
+                    self.store
+                        .get(id)
+                        .map_err(ControlError::from)
+                        .and_then(|b| b.ok_or(ControlError::Unknown(id))),
+                );
+            }
+        }
+    }
+
+    async fn command(&mut self, cmd: Command) {
+        match cmd {
+            Command::Status(reply) => {
+                let _ = reply.send(self.pending.values().cloned().collect());
+            }
+            Command::Retry(id, reply) => {
+                let result = retry_build(&self.store, id).await;
+                if let Ok(build) = &result {
+                    tracing::info!(build = %id, "retrying build from a fresh upload");
+                    self.pending.insert(id, build.clone());
+                }
+                let _ = reply.send(result);
+            }
+            Command::Cancel(id, reply) => {
+                if let Some(running) = self.running.get_mut(&id) {
+                    running.cancel.cancel();
+                    running.cancel_replies.push(reply);
+                    return;
+                }
+                let result = cancel_build(&self.store, id).await;
+                if let Ok(build) = &result {
+                    self.pending.remove(&id);
+                    tracing::info!(build = %id, "build cancelled");
+                    self.dispose(build).await;
+                }
+                let _ = reply.send(result);
+            }
+        }
+    }
+
+    async fn watch_event(&mut self, event: WatchEvent) {
+        match event {
+            WatchEvent::Candidate(c) => self.take(&c.rule, &c.path).await,
+            // An invalid ZIP still becomes a build, which fails validation
+            // with the reason: status and notifications then show it.
+            WatchEvent::Invalid { rule, path, .. } => self.take(&rule, &path).await,
+            WatchEvent::FolderMissing { rule, folder } => tracing::warn!(
+                rule = %rule, folder = %folder.display(),
+                "the rule folder is missing; create it (or mount it) and it is watched again"
+            ),
+            WatchEvent::FolderBack { rule, folder } => {
+                tracing::info!(rule = %rule, folder = %folder.display(), "the rule folder is back")
+            }
+            WatchEvent::Error { rule, message } => {
+                tracing::error!(rule = %rule, "{message}")
+            }
+        }
+    }
+
+    /// Enqueues a file for a rule, reporting problems once per file.
+    async fn take(&mut self, rule_name: &str, path: &Path) {
+        let Some(rule) = self.config.rule(rule_name).cloned() else {
+            return;
+        };
+        match intake::enqueue(&self.store, &rule, path).await {
+            Ok(Enqueued::New(build)) => {
+                if !build.state.is_terminal() {
+                    self.pending.insert(build.id, *build);
+                } else {
+                    self.dispose(&build).await;
+                }
+            }
+            Ok(Enqueued::Existing(_)) => {}
+            Err(err @ IntakeError::NoMatch { .. }) => {
+                if self.reported.insert(path.to_owned()) {
+                    tracing::warn!("{err}");
+                }
+            }
+            Err(err) => tracing::error!(rule = %rule.name, "cannot take {}: {err}", path.display()),
+        }
+    }
+
+    /// `--once`: takes what is in every rule folder now, after checking each
+    /// file stays unchanged for `settle`.
+    async fn take_folder_contents(&mut self) {
+        let specs = watch_specs(&self.config.rules);
+        let first = scan_all(&specs).await;
+        if !first.is_empty() && !self.config.daemon.settle.is_zero() {
+            tokio::time::sleep(self.config.daemon.settle).await;
+        }
+        let second = scan_all(&specs).await;
+        for (rule, path, id) in first {
+            let still = second
+                .iter()
+                .any(|(r, p, i)| *r == rule && *p == path && *i == id);
+            if still {
+                self.take(&rule, &path).await;
+            } else {
+                tracing::warn!(
+                    file = %path.display(),
+                    "the file is still changing; it is left for the next run"
+                );
+            }
+        }
+    }
+
+    async fn reload(
+        &mut self,
+        reload: Result<Config, ConfigError>,
+        watcher: Option<&WatcherHandle>,
+    ) {
+        let config = match reload {
+            Ok(config) => config,
+            Err(err) => {
+                tracing::error!("the new config is refused, the old one stays in force: {err}");
+                return;
+            }
+        };
+        if config.daemon.state_dir != self.config.daemon.state_dir {
+            tracing::warn!(
+                "state_dir changed in the config; that takes a restart, the daemon keeps using {}",
+                self.config.daemon.state_dir.display()
+            );
+        }
+        if let Some(watcher) = watcher
+            && let Err(err) = watcher.update(watch_specs(&config.rules))
+        {
+            tracing::error!("cannot apply the new rules to the watcher: {err}");
+            return;
+        }
+        let state_dir = self.config.daemon.state_dir.clone();
+        self.config = config;
+        self.config.daemon.state_dir = state_dir;
+        self.refresh_key();
+        tracing::info!(rules = self.config.rules.len(), "config reloaded");
+    }
+
+    /// After the key pause: read the key again (the file or credential may
+    /// have been fixed) and let builds run.
+    async fn key_pause_over(&mut self) {
+        if let Some(until) = self.key_paused_until
+            && until <= now_ms()
+        {
+            self.key_paused_until = None;
+            self.refresh_key();
+            tracing::info!("trying the API key again");
+        }
+    }
+
+    fn refresh_key(&mut self) {
+        match self.config.patchkit.load_key() {
+            Ok((key, origin)) => {
+                if key != self.key || origin != self.key_origin {
+                    match Client::new(self.config.patchkit.client_options(key.clone())) {
+                        Ok(client) => {
+                            tracing::info!(origin = %origin, "API key read again");
+                            self.client = client;
+                            self.key = key;
+                            self.key_origin = origin;
+                        }
+                        Err(err) => tracing::error!("cannot set up the PatchKit client: {err}"),
+                    }
+                } else if let Ok(client) = Client::new(self.config.patchkit.client_options(key)) {
+                    // Same key, maybe new timeouts or URLs from a reload.
+                    self.client = client;
+                }
+            }
+            Err(err) => tracing::error!("{err}"),
+        }
+    }
+
+    /// Moves or deletes a finished build's file as its rule says.
+    async fn dispose(&self, build: &Build) {
+        if let Some(rule) = self.config.rule(&build.rule) {
+            dispose::finished(rule, build).await;
+        }
+    }
+
+    /// A crash between a build's last transition and its file's disposal
+    /// leaves the file in place: finish that now.
+    async fn dispose_leftovers(&self) {
+        let Ok(finished) = self.store.list(&crate::store::ListFilter {
+            finished: Some(true),
+            ..Default::default()
+        }) else {
+            return;
+        };
+        for build in finished {
+            if matches!(build.state, BuildState::Cancelled { .. }) {
+                continue;
+            }
+            self.dispose(&build).await;
+        }
+    }
+
+    async fn shutdown(&mut self) {
+        let timeout = self.config.daemon.shutdown_timeout;
+        self.tracker.close();
+        if !self.running.is_empty() {
+            tracing::info!(
+                running = self.running.len(),
+                "stopping: letting in-flight requests finish (up to {})",
+                humantime::format_duration(timeout)
+            );
+        }
+        for running in self.running.values() {
+            running.cancel.cancel();
+        }
+        if tokio::time::timeout(timeout, self.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "in-flight work did not finish within shutdown_timeout; it resumes from the last \
+                 acknowledged chunk on the next start"
+            );
+        }
+        if let Err(err) = self.store.flush().await {
+            tracing::error!("could not flush the build store: {err}");
+        }
+        tracing::info!("stopped");
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Every build file in every rule folder now, with its identity.
+async fn scan_all(specs: &[WatchSpec]) -> Vec<(String, PathBuf, crate::watcher::FileId)> {
+    let specs = specs.to_vec();
+    tokio::task::spawn_blocking(move || {
+        let mut out = Vec::new();
+        for spec in &specs {
+            match crate::watcher::scan_folder(spec) {
+                Ok(files) => {
+                    out.extend(files.into_iter().map(|(p, id)| (spec.rule.clone(), p, id)))
+                }
+                Err(err) => tracing::warn!(
+                    rule = %spec.rule, folder = %spec.folder.display(),
+                    "cannot read the rule folder: {err}"
+                ),
+            }
+        }
+        out
+    })
+    .await
+    .unwrap_or_default()
+}
