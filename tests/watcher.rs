@@ -23,8 +23,8 @@ use tokio_util::sync::CancellationToken;
 use zip::write::{SimpleFileOptions, ZipWriter};
 
 /// Short enough for quick tests, long enough that the pauses between the
-/// writes below (300 ms) never look like a finished file on a busy machine.
-const SETTLE: Duration = Duration::from_millis(600);
+/// writes below (250 ms) never look like a finished file on a busy machine.
+const SETTLE: Duration = Duration::from_millis(800);
 /// How long any expected event may take before the test fails.
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -140,7 +140,7 @@ async fn a_zip_written_in_pieces_is_taken_once_after_its_last_byte() {
     let mut h = start(vec![rule("game", dir.path(), "*.zip")]);
     let path = dir.path().join("build.zip");
     let bytes = zip_bytes(700_000);
-    // Seven writes 300 ms apart, each closing the file: every close looks
+    // Seven writes 250 ms apart, each closing the file: every close looks
     // like a finished copy to inotify, only the settle period tells.
     for chunk in bytes.chunks(100_000) {
         let mut file = std::fs::OpenOptions::new()
@@ -150,7 +150,7 @@ async fn a_zip_written_in_pieces_is_taken_once_after_its_last_byte() {
             .unwrap();
         file.write_all(chunk).unwrap();
         drop(file);
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
     assert!(
         h.events.try_recv().is_err(),
@@ -264,7 +264,7 @@ async fn polling_finds_files_and_settles_them_the_same_way() {
             .unwrap();
         file.write_all(chunk).unwrap();
         drop(file);
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
     assert!(h.events.try_recv().is_err());
     let c = h.candidate().await;
