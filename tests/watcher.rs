@@ -23,8 +23,8 @@ use tokio_util::sync::CancellationToken;
 use zip::write::{SimpleFileOptions, ZipWriter};
 
 /// Short enough for quick tests, long enough that the pauses between the
-/// writes below (300 ms) never look like a finished file on a busy machine.
-const SETTLE: Duration = Duration::from_millis(600);
+/// writes below (250 ms) never look like a finished file on a busy machine.
+const SETTLE: Duration = Duration::from_millis(800);
 /// How long any expected event may take before the test fails.
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -115,6 +115,12 @@ impl Harness {
         self.until_candidate(&path).await
     }
 
+    /// Waits until the watcher has scanned `folder` and watches it, so what
+    /// the test does next arrives as events, not through the startup scan.
+    async fn ready(&mut self, folder: &Path) {
+        assert!(self.sentinel(folder).await.is_empty());
+    }
+
     async fn stop(self) {
         self.cancel.cancel();
         timeout(WAIT, self.handle.stopped())
@@ -138,9 +144,10 @@ fn paths(events: &[WatchEvent]) -> Vec<PathBuf> {
 async fn a_zip_written_in_pieces_is_taken_once_after_its_last_byte() {
     let dir = tempfile::tempdir().unwrap();
     let mut h = start(vec![rule("game", dir.path(), "*.zip")]);
+    h.ready(dir.path()).await;
     let path = dir.path().join("build.zip");
     let bytes = zip_bytes(700_000);
-    // Seven writes 300 ms apart, each closing the file: every close looks
+    // Seven writes 250 ms apart, each closing the file: every close looks
     // like a finished copy to inotify, only the settle period tells.
     for chunk in bytes.chunks(100_000) {
         let mut file = std::fs::OpenOptions::new()
@@ -150,7 +157,7 @@ async fn a_zip_written_in_pieces_is_taken_once_after_its_last_byte() {
             .unwrap();
         file.write_all(chunk).unwrap();
         drop(file);
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
     assert!(
         h.events.try_recv().is_err(),
@@ -169,6 +176,7 @@ async fn a_temp_name_renamed_into_place_is_taken_once_and_the_temp_name_never() 
     let dir = tempfile::tempdir().unwrap();
     // The glob matches the temp names too: only the ignore list keeps them out.
     let mut h = start(vec![rule("game", dir.path(), "*.zip*")]);
+    h.ready(dir.path()).await;
     let part = dir.path().join("x.zip.part");
     let hidden = dir.path().join(".y.zip.tmp");
     write_zip(&part);
@@ -188,6 +196,7 @@ async fn a_temp_name_renamed_into_place_is_taken_once_and_the_temp_name_never() 
 async fn a_hundred_zips_dropped_at_once_give_a_hundred_candidates() {
     let dir = tempfile::tempdir().unwrap();
     let mut h = start(vec![rule("game", dir.path(), "*.zip")]);
+    h.ready(dir.path()).await;
     let bytes = zip_bytes(2000);
     for i in 0..100 {
         std::fs::write(dir.path().join(format!("build-{i:03}.zip")), &bytes).unwrap();
@@ -254,6 +263,7 @@ async fn polling_finds_files_and_settles_them_the_same_way() {
     let mut spec = rule("share", dir.path(), "*.zip");
     spec.poll = Some(Duration::from_millis(200));
     let mut h = start(vec![spec]);
+    h.ready(dir.path()).await;
     let path = dir.path().join("build.zip");
     let bytes = zip_bytes(400_000);
     for chunk in bytes.chunks(100_000) {
@@ -264,7 +274,7 @@ async fn polling_finds_files_and_settles_them_the_same_way() {
             .unwrap();
         file.write_all(chunk).unwrap();
         drop(file);
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
     assert!(h.events.try_recv().is_err());
     let c = h.candidate().await;
@@ -324,14 +334,27 @@ async fn other_names_and_subfolders_follow_the_rule() {
     let mut recursive = rule("deep", deep.path(), "*.zip");
     recursive.recursive = true;
     let mut h = start(vec![rule("flat", flat.path(), "*.zip"), recursive]);
-    // A sub-folder made after start, filled at once: its files may land
-    // before its own watch exists.
-    std::fs::create_dir(deep.path().join("later")).unwrap();
-    write_zip(&deep.path().join("later/new.zip"));
-    std::fs::create_dir(flat.path().join("later")).unwrap();
-    write_zip(&flat.path().join("later/new.zip"));
-
     let mut got: HashSet<PathBuf> = HashSet::new();
+    got.extend(paths(&h.sentinel(flat.path()).await));
+    got.extend(paths(&h.sentinel(deep.path()).await));
+    // Sub-folders that arrive after start, already full: one moved in (its
+    // files send no event at all), then one made and filled at once (its
+    // files may land before its own watch exists). Each step is settled
+    // before the next, so a scan caused by one cannot hide the other.
+    let outside = tempfile::tempdir_in(deep.path().parent().unwrap()).unwrap();
+    for dir in [flat.path(), deep.path()] {
+        let moving = outside.path().join(dir.file_name().unwrap());
+        std::fs::create_dir(&moving).unwrap();
+        write_zip(&moving.join("moved.zip"));
+        std::fs::rename(&moving, dir.join("moved")).unwrap();
+    }
+    got.extend(paths(&h.sentinel(flat.path()).await));
+    got.extend(paths(&h.sentinel(deep.path()).await));
+    assert!(got.contains(&deep.path().join("moved/moved.zip")));
+    for dir in [flat.path(), deep.path()] {
+        std::fs::create_dir(dir.join("made")).unwrap();
+        write_zip(&dir.join("made/new.zip"));
+    }
     got.extend(paths(&h.sentinel(flat.path()).await));
     got.extend(paths(&h.sentinel(deep.path()).await));
     got.retain(|p| !p.to_string_lossy().contains("zz-sentinel"));
@@ -339,7 +362,8 @@ async fn other_names_and_subfolders_follow_the_rule() {
         flat.path().join("top.zip"),
         deep.path().join("top.zip"),
         deep.path().join("sub/nested.zip"),
-        deep.path().join("later/new.zip"),
+        deep.path().join("made/new.zip"),
+        deep.path().join("moved/moved.zip"),
     ]
     .into();
     assert_eq!(got, want);
@@ -355,6 +379,7 @@ async fn a_rescan_finds_files_no_event_announced() {
     let mut silent = rule("quiet", quiet.path(), "*.zip");
     silent.poll = Some(Duration::from_secs(3600));
     let mut h = start(vec![silent, rule("clock", clock.path(), "*.zip")]);
+    h.ready(clock.path()).await;
     let missed = quiet.path().join("missed.zip");
     write_zip(&missed);
     assert!(

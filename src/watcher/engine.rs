@@ -11,7 +11,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use notify::event::{AccessKind, AccessMode, CreateKind, ModifyKind};
+use notify::event::{AccessKind, AccessMode, CreateKind, ModifyKind, RenameMode};
 use notify::{Event, EventKind, PollWatcher, RecommendedWatcher, RecursiveMode, Watcher as _};
 use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior};
@@ -707,8 +707,9 @@ impl Engine {
 
     /// Routes an event to the rules it concerns: events on a rule folder
     /// itself ask for a folder check; events on a file start or poke its
-    /// settle timer; a new sub-folder of a recursive rule asks for a scan
-    /// (files may have landed in it before its watch was added).
+    /// settle timer; a sub-folder created in or moved into a recursive
+    /// rule's folder asks for a scan (its files may be there before its own
+    /// watch is).
     fn nudge(&mut self, event: &Event, check: &mut BTreeSet<String>) {
         let now = Instant::now();
         let mut nudged: Vec<Key> = Vec::new();
@@ -728,12 +729,24 @@ impl Engine {
                         }
                     }
                     Place::Inside(file_name) => {
-                        if event.kind == EventKind::Create(CreateKind::Folder) {
+                        let new_folder = event.kind == EventKind::Create(CreateKind::Folder);
+                        // A rename event does not say whether a file or a
+                        // folder moved in; a folder brings files that send
+                        // no event of their own.
+                        let maybe_folder = matches!(
+                            event.kind,
+                            EventKind::Modify(ModifyKind::Name(
+                                RenameMode::To | RenameMode::Both | RenameMode::Any
+                            ))
+                        );
+                        if new_folder {
                             if rule.spec.recursive {
                                 self.scan_soon.insert(name.clone());
                             }
                         } else if is_wanted(&rule.spec, file_name) {
                             nudged.push((name.clone(), path.clone()));
+                        } else if maybe_folder && rule.spec.recursive {
+                            self.scan_soon.insert(name.clone());
                         }
                     }
                 }
