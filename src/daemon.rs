@@ -24,6 +24,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::{Config, ConfigError, KeyError, KeyOrigin, Rule};
 use crate::dispose;
 use crate::intake::{self, IntakeError};
+use crate::observe::Observer;
 use crate::patchkit::{ApiKey, BuildError, Client, RetryPolicy};
 use crate::stages::StageCtx;
 use crate::state::BuildState;
@@ -41,6 +42,9 @@ pub struct RunOptions {
     pub commands: Option<mpsc::Receiver<Command>>,
     /// Config reloads (SIGHUP): each message is a freshly loaded config.
     pub reloads: Option<mpsc::Receiver<Result<Config, ConfigError>>>,
+    /// Where progress, counters and build events go; subscribe before
+    /// `run` to see every event.
+    pub observer: Observer,
 }
 
 /// A request to the running daemon.
@@ -145,6 +149,9 @@ struct Daemon {
     cancel: CancellationToken,
     /// Watcher messages already logged, so a bad file is reported once.
     reported: HashSet<PathBuf>,
+    observer: Observer,
+    /// Builds already reported stuck, so each is reported once per stall.
+    stuck: HashSet<BuildId>,
 }
 
 /// Runs the daemon until `cancel` fires (or, with `once`, until every build
@@ -175,6 +182,8 @@ pub async fn run(
         key_paused_until: None,
         cancel: cancel.clone(),
         reported: HashSet::new(),
+        observer: opts.observer.clone(),
+        stuck: HashSet::new(),
     };
     daemon.dispose_leftovers().await;
 
@@ -201,6 +210,8 @@ pub async fn run(
 
     loop {
         let wake = daemon.schedule();
+        daemon.observer.set_unfinished(daemon.pending.values());
+        let wake = daemon.check_stuck(wake);
         if opts.once && daemon.pending.is_empty() && daemon.running.is_empty() {
             break;
         }
@@ -318,6 +329,7 @@ impl Daemon {
             existing_draft: Default::default(),
             rule_name: build.rule.clone(),
             cancel: cancel.clone(),
+            observer: self.observer.clone(),
         }
         .with_rule(rule);
         let retry = self.retry_policy();
@@ -391,7 +403,7 @@ impl Daemon {
             let result = cancel_build(&self.store, id).await;
             if let Ok(build) = &result {
                 self.pending.remove(&id);
-                tracing::info!(build = %id, "build cancelled");
+                self.observer.state_changed(build);
                 self.dispose(build).await;
             }
             let mut replies = running.cancel_replies.into_iter();
@@ -419,6 +431,7 @@ impl Daemon {
                 let result = retry_build(&self.store, id).await;
                 if let Ok(build) = &result {
                     tracing::info!(build = %id, "retrying build from a fresh upload");
+                    self.observer.state_changed(build);
                     self.pending.insert(id, build.clone());
                 }
                 let _ = reply.send(result);
@@ -466,6 +479,7 @@ impl Daemon {
         };
         match intake::enqueue(&self.store, &rule, path).await {
             Ok(Enqueued::New(build)) => {
+                self.observer.state_changed(&build);
                 if !build.state.is_terminal() {
                     self.pending.insert(build.id, *build);
                 } else {
@@ -535,6 +549,29 @@ impl Daemon {
         self.config.daemon.state_dir = state_dir;
         self.refresh_key();
         tracing::info!(rules = self.config.rules.len(), "config reloaded");
+    }
+
+    /// Reports running builds that made no progress for `stuck_after`, once
+    /// per stall, and returns when to look again.
+    fn check_stuck(&mut self, wake: Option<u64>) -> Option<u64> {
+        let after = self.config.daemon.stuck_after;
+        let idle = self.observer.idle_builds(after);
+        self.stuck.retain(|id| idle.iter().any(|(i, _)| i == id));
+        for (id, how_long) in idle {
+            if self.running.contains_key(&id)
+                && self.stuck.insert(id)
+                && let Some(build) = self.pending.get(&id)
+            {
+                self.observer.stuck(build, how_long);
+            }
+        }
+        if self.running.is_empty() {
+            return wake;
+        }
+        // Look again a tenth of the threshold from now: a stall is noticed
+        // within 10% of `stuck_after`, at a few wake-ups an hour.
+        let again = now_ms() + millis(after / 10).max(1000);
+        Some(wake.map_or(again, |w| w.min(again)))
     }
 
     /// After the key pause: read the key again (the file or credential may

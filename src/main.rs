@@ -96,6 +96,7 @@ async fn run(args: RunArgs) -> ExitCode {
         once: args.once,
         commands: None,
         reloads: Some(reload_rx),
+        ..RunOptions::default()
     };
     match daemon::run(config, opts, shutdown).await {
         Ok(()) => ExitCode::SUCCESS,

@@ -114,6 +114,12 @@ struct Inner {
     events: broadcast::Sender<BuildEvent>,
 }
 
+impl std::fmt::Debug for Observer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Observer").finish_non_exhaustive()
+    }
+}
+
 impl Default for Observer {
     fn default() -> Self {
         Self::new()
@@ -205,7 +211,11 @@ impl Observer {
         elapsed: Duration,
         chunk: u64,
     ) {
-        self.inner.counters.lock().expect("observer lock").bytes_uploaded += chunk;
+        self.inner
+            .counters
+            .lock()
+            .expect("observer lock")
+            .bytes_uploaded += chunk;
         let rate = sent as f64 / elapsed.as_secs_f64().max(0.001);
         self.update(id, |live| {
             live.progress = Some(acknowledged as f64 / total.max(1) as f64);
@@ -253,7 +263,11 @@ impl Observer {
         for b in builds {
             *by_state.entry(b.state.name().to_owned()).or_default() += 1;
         }
-        self.inner.counters.lock().expect("observer lock").builds_by_state = by_state;
+        self.inner
+            .counters
+            .lock()
+            .expect("observer lock")
+            .builds_by_state = by_state;
     }
 
     /// Live progress of a running build.

@@ -70,6 +70,7 @@ pub async fn drive(
                     stage = %build.state.stage(), attempt = build.attempts + 1,
                     retry_in = ?delay, "{err}; will retry"
                 );
+                ctx.observer.retried(error_class(&err));
                 record(&ctx, &build, &err, delay).await.map(Outcome::Retry)
             }
             Decision::PauseForKey => {
@@ -78,6 +79,7 @@ pub async fn drive(
                      the key (api_key_env, api_key_file or the systemd credential) and the \
                      daemon retries every {}", humantime::format_duration(key_retry)
                 );
+                ctx.observer.retried("unauthorized");
                 record(&ctx, &build, &err, key_retry)
                     .await
                     .map(Outcome::KeyRefused)
@@ -97,6 +99,7 @@ pub async fn drive(
                         .store
                         .transition(id, &build.state, next)
                         .await
+                        .inspect(|b| ctx.observer.state_changed(b))
                         .map(Outcome::Finished),
                     Err(e) => {
                         tracing::error!(build = %id, "cannot mark the build failed: {e}");
@@ -112,6 +115,25 @@ pub async fn drive(
             }
         };
         return result.unwrap_or_else(|e| Outcome::StoreFailed(id, e));
+    }
+}
+
+/// The error class a retry is counted under in metrics.
+fn error_class(err: &StepError) -> &'static str {
+    use crate::patchkit::ErrorKind;
+    match err {
+        StepError::Api(e) => match e.kind() {
+            ErrorKind::Transient { .. } => "transient",
+            ErrorKind::ChunkMismatch => "chunk_mismatch",
+            ErrorKind::Unauthorized => "unauthorized",
+            ErrorKind::Forbidden => "forbidden",
+            ErrorKind::NotFound => "not_found",
+            ErrorKind::BadRequest => "bad_request",
+            ErrorKind::Protocol => "protocol",
+        },
+        StepError::Io(_) => "io",
+        StepError::Busy(_) => "busy",
+        StepError::Fail { .. } | StepError::Store(_) | StepError::Cancelled => "other",
     }
 }
 

@@ -215,6 +215,17 @@ pub struct DaemonSettings {
     /// After PatchKit refused the API key (401), every build waits this long
     /// before one of them tries again with the key read anew.
     pub auth_retry: Duration,
+    /// A running build with no progress for this long is reported stuck.
+    pub stuck_after: Duration,
+    /// The log filter (`info`, `debug`, `patchkit_autopublish=debug`, ...);
+    /// `RUST_LOG` overrides it.
+    pub log_level: String,
+    /// Also write logs to daily files in this folder.
+    pub log_dir: Option<PathBuf>,
+    /// How many daily log files to keep.
+    pub log_keep: usize,
+    /// Serve Prometheus metrics on this address.
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 /// What a rule does when its app already has a draft version with another
@@ -553,6 +564,66 @@ impl<'s> Validator<'s> {
             Zero::Refused,
         );
         let auth_retry = self.duration(raw.auth_retry, "[daemon] auth_retry", "3m", Zero::Refused);
+        let stuck_after = self.duration(
+            raw.stuck_after,
+            "[daemon] stuck_after",
+            "30m",
+            Zero::Refused,
+        );
+        let log_level = match raw.log_level {
+            None => Some("info".to_owned()),
+            Some(l) => match tracing_subscriber::EnvFilter::try_new(l.get_ref()) {
+                Ok(_) => Some(l.get_ref().clone()),
+                Err(e) => {
+                    self.problems.at(
+                        l.span(),
+                        format!(
+                            "[daemon] log_level: {:?} is not a log filter ({e}); expected a level \
+                             such as \"info\" or \"debug\", or directives such as \
+                             \"info,patchkit_autopublish=debug\"",
+                            l.get_ref()
+                        ),
+                    );
+                    None
+                }
+            },
+        };
+        let log_dir = match raw.log_dir {
+            None => Some(None),
+            Some(d) => self.path(&d, "[daemon] log_dir").map(Some),
+        };
+        let log_keep = match raw.log_keep {
+            None => Some(14),
+            Some(k) if (1..=3650).contains(k.get_ref()) => Some(*k.get_ref() as usize),
+            Some(k) => {
+                self.problems.at(
+                    k.span(),
+                    format!(
+                        "[daemon] log_keep: expected a number of daily files from 1 to 3650, \
+                         found {}",
+                        k.get_ref()
+                    ),
+                );
+                None
+            }
+        };
+        let metrics = match raw.metrics {
+            None => Some(None),
+            Some(m) => match m.get_ref().parse::<std::net::SocketAddr>() {
+                Ok(addr) => Some(Some(addr)),
+                Err(_) => {
+                    self.problems.at(
+                        m.span(),
+                        format!(
+                            "[daemon] metrics: {:?} is not an address; expected IP:port, such as \
+                             \"127.0.0.1:9464\"",
+                            m.get_ref()
+                        ),
+                    );
+                    None
+                }
+            },
+        };
         Some(DaemonSettings {
             state_dir: state_dir?,
             workers: workers?,
@@ -562,6 +633,11 @@ impl<'s> Validator<'s> {
             shutdown_timeout: shutdown_timeout?,
             poll_interval: poll_interval?,
             auth_retry: auth_retry?,
+            stuck_after: stuck_after?,
+            log_level: log_level?,
+            log_dir: log_dir?,
+            log_keep: log_keep?,
+            metrics: metrics?,
         })
     }
 

@@ -36,6 +36,11 @@ pub struct RawDaemon {
     pub shutdown_timeout: Option<Spanned<String>>,
     pub poll_interval: Option<Spanned<String>>,
     pub auth_retry: Option<Spanned<String>>,
+    pub stuck_after: Option<Spanned<String>>,
+    pub log_level: Option<Spanned<String>>,
+    pub log_dir: Option<Spanned<String>>,
+    pub log_keep: Option<Spanned<i64>>,
+    pub metrics: Option<Spanned<String>>,
 }
 
 /// One `[[rule]]`: a watched folder and what to do with the builds in it.

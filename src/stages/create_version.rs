@@ -93,10 +93,7 @@ pub(super) async fn run(ctx: &StageCtx, build: &Build) -> Result<Build, StepErro
         Err(e) => return Err(e.into()),
     };
     crate::crashpoint::hit("after-create-version");
-    tracing::info!(
-        build = %build.id, version = created.id, label = %build.label,
-        "created draft version"
-    );
+    tracing::debug!(build = %build.id, version = created.id, "created draft version");
     advance(ctx, build, build.state.version_ready(created.id)).await
 }
 

@@ -23,6 +23,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{ExistingDraft, Rule};
+use crate::observe::Observer;
 use crate::patchkit::{ApiError, Client, UploadError};
 use crate::state::{BuildState, FileIdentity, Stage};
 use crate::store::{Build, Store, StoreError};
@@ -48,6 +49,8 @@ pub struct StageCtx {
     /// Cancelled on shutdown or when this build is cancelled: stages stop at
     /// the next safe point.
     pub cancel: CancellationToken,
+    /// Where progress and state changes are reported.
+    pub observer: Observer,
 }
 
 impl StageCtx {
@@ -155,7 +158,9 @@ async fn advance(
             format!("internal error: {e}; please report this"),
         )
     })?;
-    Ok(ctx.store.transition(build.id, &build.state, next).await?)
+    let build = ctx.store.transition(build.id, &build.state, next).await?;
+    ctx.observer.state_changed(&build);
+    Ok(build)
 }
 
 /// Sleeps for `delay` unless cancelled first.

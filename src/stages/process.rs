@@ -76,7 +76,7 @@ async fn request(
     {
         Ok(guid) => {
             crate::crashpoint::hit("after-content-file");
-            tracing::info!(build = %build.id, job = %guid.0, "processing started");
+            tracing::debug!(build = %build.id, job = %guid.0, "processing job started");
             advance(ctx, build, build.state.job_started(guid.0)).await
         }
         Err(e)
@@ -119,6 +119,7 @@ async fn wait_for_job(ctx: &StageCtx, build: &Build, guid: &JobGuid) -> Result<(
             }
             return Ok(());
         }
+        ctx.observer.stage_progress(build.id, job.progress);
         tracing::debug!(
             build = %build.id, progress = job.progress,
             status = job.status_message.as_deref().unwrap_or(""), "processing"
@@ -142,6 +143,8 @@ async fn wait_for_version(
         if version.is_processing_done() {
             return Ok(version);
         }
+        ctx.observer
+            .stage_progress(build.id, version.processing_progress);
         backoff.wait(ctx).await?;
     }
 }
@@ -175,6 +178,5 @@ async fn check(ctx: &StageCtx, build: &Build, version: &AppVersion) -> Result<Bu
     for warning in &warnings {
         tracing::warn!(build = %build.id, version = version.id, "processing warning: {warning}");
     }
-    tracing::info!(build = %build.id, version = version.id, "processing finished");
     advance(ctx, build, build.state.processed(warnings)).await
 }

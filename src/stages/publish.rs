@@ -51,10 +51,6 @@ async fn follow(ctx: &StageCtx, build: &Build) -> Result<Build, StepError> {
         match version.publish_state() {
             PublishState::Published => {
                 let at = u64::try_from(version.publish_date).unwrap_or(0);
-                tracing::info!(
-                    build = %build.id, rule = %build.rule, label = %build.label,
-                    version = version_id, "published"
-                );
                 return advance(ctx, build, build.state.published(at)).await;
             }
             PublishState::Scheduled { at } => {
@@ -67,12 +63,13 @@ async fn follow(ctx: &StageCtx, build: &Build) -> Result<Build, StepError> {
             }
             PublishState::Publishing { progress } => {
                 quiet = 0;
+                ctx.observer.stage_progress(build.id, progress);
                 tracing::debug!(build = %build.id, progress, "publishing");
             }
             PublishState::NotPublished if !sent => {
                 ctx.client.publish(&build.app_secret, version_id).await?;
                 crate::crashpoint::hit("after-publish");
-                tracing::info!(build = %build.id, version = version_id, "publish requested");
+                tracing::debug!(build = %build.id, version = version_id, "publish requested");
                 sent = true;
             }
             PublishState::NotPublished => {

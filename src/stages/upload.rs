@@ -67,10 +67,7 @@ async fn open_upload(
 ) -> Result<Build, StepError> {
     let upload_id = ctx.client.create_upload(identity.size).await?;
     crate::crashpoint::hit("after-create-upload");
-    tracing::info!(
-        build = %build.id, upload = upload_id.0, bytes = identity.size,
-        "upload started"
-    );
+    tracing::debug!(build = %build.id, upload = upload_id.0, bytes = identity.size, "upload opened");
     let chunk_size = ctx.chunk_size;
     let size = identity.size;
     advance(
@@ -149,7 +146,6 @@ async fn send(ctx: &StageCtx, build: &Build) -> Result<Build, StepError> {
         tracing::warn!(build = %build.id, "the file changed during the upload; uploading it again");
         return Ok(latest);
     }
-    tracing::info!(build = %build.id, bytes = total, "upload complete");
     advance(ctx, &latest, latest.state.uploaded()).await
 }
 
@@ -176,12 +172,26 @@ struct StoreAck {
 impl AckSink for StoreAck {
     async fn acknowledged(&mut self, offset: u64) -> Result<(), BoxError> {
         crate::crashpoint::hit("before-ack-write");
+        let before = match self.build.state {
+            BuildState::Uploading { acknowledged, .. } => acknowledged,
+            _ => offset,
+        };
         let next = self.build.state.chunk_acknowledged(offset)?;
         self.build = self
             .ctx
             .store
             .transition(self.build.id, &self.build.state, next)
             .await?;
+        if let BuildState::Uploading { total, .. } = self.build.state {
+            self.ctx.observer.upload_progress(
+                self.build.id,
+                offset,
+                total,
+                offset - self.started_at,
+                self.started.elapsed(),
+                offset - before,
+            );
+        }
         if self.last_log.elapsed() >= PROGRESS_LOG_INTERVAL {
             self.last_log = Instant::now();
             log_progress(&self.build, offset, self.started, self.started_at);

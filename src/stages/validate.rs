@@ -20,6 +20,5 @@ pub(super) async fn run(ctx: &StageCtx, build: &Build) -> Result<Build, StepErro
     if let Err(err) = checked {
         return Err(StepError::fail(Stage::Validate, err.to_string()));
     }
-    tracing::info!(build = %build.id, rule = %build.rule, label = %build.label, "ZIP is valid");
     advance(ctx, build, build.state.validated()).await
 }
