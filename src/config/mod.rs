@@ -28,7 +28,7 @@ use toml::de::{DeTable, DeValue};
 
 pub use problems::{ConfigError, Problem};
 use problems::{Problems, deserialize_all};
-use raw::{RawDaemon, RawPatchkit, RawRule};
+use raw::{RawDaemon, RawNotify, RawPatchkit, RawRule};
 pub use rule::{AfterPublish, Changelog, OnFailure, Rule};
 
 use crate::patchkit::{ApiKey, ClientOptions, DEFAULT_API_URL, DEFAULT_UPLOAD_URL, RetryPolicy};
@@ -59,6 +59,45 @@ pub struct Config {
     pub daemon: DaemonSettings,
     /// Every `[[rule]]`, in file order.
     pub rules: Vec<Rule>,
+    /// Every `[[notify]]` webhook.
+    pub notify: Vec<Notify>,
+}
+
+/// One `[[notify]]`: where build events are posted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Notify {
+    /// The webhook URL. It may hold a token (Slack and Discord put one in
+    /// the path), so it is shown only as scheme and host.
+    pub url: Url,
+    /// The payload shape.
+    pub format: NotifyFormat,
+    /// Which events are sent.
+    pub events: Vec<crate::observe::EventKind>,
+    /// Only builds of these rules; empty means every rule.
+    pub rules: Vec<String>,
+}
+
+impl Notify {
+    /// The URL without path or query, for logs.
+    pub fn redacted_url(&self) -> String {
+        format!(
+            "{}://{}{}",
+            self.url.scheme(),
+            self.url.host_str().unwrap_or(""),
+            self.url.port().map(|p| format!(":{p}")).unwrap_or_default()
+        )
+    }
+}
+
+/// The payload shape of a webhook.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotifyFormat {
+    /// The full event as JSON.
+    Json,
+    /// A Slack incoming-webhook message (`{"text": ...}`).
+    Slack,
+    /// A Discord webhook message (`{"content": ...}`).
+    Discord,
 }
 
 /// `[patchkit]`: the API endpoints, the key source and the client's patience.
@@ -335,14 +374,19 @@ impl<'s> Validator<'s> {
         let mut patchkit = None;
         let mut daemon = None;
         let mut rules = None;
+        let mut notify = None;
         for (key, value) in root.iter() {
             match key.get_ref().as_ref() {
                 "patchkit" => patchkit = Some(value),
                 "daemon" => daemon = Some(value),
                 "rule" => rules = Some(value),
+                "notify" => notify = Some(value),
                 other => self.problems.at(
                     key.span(),
-                    format!("unknown section `{other}`; expected [patchkit], [daemon] or [[rule]]"),
+                    format!(
+                        "unknown section `{other}`; expected [patchkit], [daemon], [[rule]] or \
+                         [[notify]]"
+                    ),
                 ),
             }
         }
@@ -367,11 +411,16 @@ impl<'s> Validator<'s> {
                 None
             }
         };
+        let notify = match notify {
+            Some(value) => self.notifies(value, rules.as_deref().unwrap_or(&[])),
+            None => Some(Vec::new()),
+        };
         Some(Config {
             path: PathBuf::new(),
             patchkit: patchkit?,
             daemon: daemon?,
             rules: rules?,
+            notify: notify?,
         })
     }
 
@@ -696,6 +745,123 @@ impl<'s> Validator<'s> {
             return None;
         }
         ok.then_some(rules)
+    }
+
+    fn notifies(&mut self, value: &Spanned<DeValue<'_>>, rules: &[Rule]) -> Option<Vec<Notify>> {
+        use crate::observe::EventKind;
+        let DeValue::Array(items) = value.get_ref() else {
+            self.problems.at(
+                value.span(),
+                "notify: expected an array of tables, written as [[notify]] sections",
+            );
+            return None;
+        };
+        let mut out = Vec::new();
+        let mut ok = true;
+        for (index, item) in items.iter().enumerate() {
+            let ctx = format!("[[notify]] #{}", index + 1);
+            let here = item.span().start..item.span().start;
+            let Some(raw) = deserialize_all::<RawNotify>(item, &ctx, &mut self.problems) else {
+                ok = false;
+                continue;
+            };
+            let raw = raw.value;
+            let url = match raw.url {
+                None => {
+                    self.problems.at(
+                        here.clone(),
+                        format!("{ctx}: missing `url`, the webhook to post to"),
+                    );
+                    None
+                }
+                Some(u) => match Url::parse(u.get_ref().trim()) {
+                    Ok(url) if matches!(url.scheme(), "http" | "https") => Some(url),
+                    _ => {
+                        self.problems.at(
+                            u.span(),
+                            format!("{ctx} url: expected an http:// or https:// webhook URL"),
+                        );
+                        None
+                    }
+                },
+            };
+            let format =
+                match raw.format.as_ref().map(|f| f.get_ref().as_str()) {
+                    None | Some("json") => Some(NotifyFormat::Json),
+                    Some("slack") => Some(NotifyFormat::Slack),
+                    Some("discord") => Some(NotifyFormat::Discord),
+                    Some(other) => {
+                        self.problems.at(
+                        raw.format.as_ref().map(Spanned::span).unwrap_or(here.clone()),
+                        format!(
+                            "{ctx} format: {other:?} is not a format; expected \"json\", \"slack\" \
+                             or \"discord\""
+                        ),
+                    );
+                        None
+                    }
+                };
+            let events = match &raw.events {
+                None => Some(vec![EventKind::Published, EventKind::Failed]),
+                Some(list) => {
+                    let mut events = Vec::new();
+                    let mut good = true;
+                    for e in list.get_ref() {
+                        match e.as_str() {
+                            "published" => events.push(EventKind::Published),
+                            "failed" => events.push(EventKind::Failed),
+                            "warning" => events.push(EventKind::Warning),
+                            "stuck" => events.push(EventKind::Stuck),
+                            other => {
+                                good = false;
+                                self.problems.at(
+                                    list.span(),
+                                    format!(
+                                        "{ctx} events: {other:?} is not an event; expected any of \
+                                         \"published\", \"failed\", \"warning\", \"stuck\""
+                                    ),
+                                );
+                            }
+                        }
+                    }
+                    good.then_some(events)
+                }
+            };
+            let only = match &raw.rules {
+                None => Some(Vec::new()),
+                Some(list) => {
+                    let unknown: Vec<String> = list
+                        .get_ref()
+                        .iter()
+                        .filter(|n| !rules.iter().any(|r| &r.name == *n))
+                        .map(|n| format!("{n:?}"))
+                        .collect();
+                    if unknown.is_empty() {
+                        Some(list.get_ref().clone())
+                    } else {
+                        self.problems.at(
+                            list.span(),
+                            format!(
+                                "{ctx} rules: no [[rule]] is named {}; list rule names, or leave \
+                                 `rules` out to notify for every rule",
+                                unknown.join(", ")
+                            ),
+                        );
+                        None
+                    }
+                }
+            };
+            match (url, format, events, only) {
+                (Some(url), Some(format), Some(events), Some(rules)) => out.push(Notify {
+                    url,
+                    format,
+                    events,
+                    rules,
+                }),
+                _ => ok = false,
+            }
+        }
+        ok.then_some(out)
     }
 
     fn url(

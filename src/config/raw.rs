@@ -65,3 +65,13 @@ pub struct RawRule {
     pub on_failure: Option<Spanned<String>>,
     pub failed_folder: Option<Spanned<String>>,
 }
+
+/// One `[[notify]]`: a webhook and the events it wants.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawNotify {
+    pub url: Option<Spanned<String>>,
+    pub format: Option<Spanned<String>>,
+    pub events: Option<Spanned<Vec<String>>>,
+    pub rules: Option<Spanned<Vec<String>>>,
+}
