@@ -131,7 +131,7 @@ pub fn write_zip(path: &Path, size: u64, seed: u64) -> io::Result<()> {
         zip.write_all(&block[..n])?;
         left -= n as u64;
     }
-    zip.finish().map_err(io::Error::other)?.sync_all()?;
+    zip.finish().map_err(io::Error::other)?;
     let written = std::fs::metadata(path)?.len();
     if written != size {
         return Err(io::Error::other(format!(
