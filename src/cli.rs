@@ -37,6 +37,13 @@ pub enum Command {
     /// It serves the API on two loopback ports (main and upload), prints a
     /// ready-to-paste [patchkit] section, and runs until Ctrl-C.
     Sandbox(SandboxArgs),
+    /// Show the builds: id, rule, label, stage, progress, version, attempts
+    /// and last error.
+    ///
+    /// Asks the running daemon over its control socket, or reads the store
+    /// when no daemon runs. Shows unfinished builds and those that ended in
+    /// the last 24 hours.
+    Status(StatusArgs),
     /// Start a failed build again, from a fresh upload (its draft version is
     /// reused).
     Retry(BuildArg),
@@ -53,6 +60,19 @@ pub struct RunArgs {
     /// exit (for cron jobs and CI steps) instead of watching.
     #[arg(long)]
     pub once: bool,
+}
+
+/// Options of `status`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// Print JSON (one array of builds) instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Show every build the store holds, not just recent ones.
+    #[arg(long)]
+    pub all: bool,
 }
 
 /// A build, by the id `status` shows.

@@ -32,6 +32,11 @@ use crate::store::{Build, BuildId, Enqueued, Store, StoreError};
 use crate::watcher::{WatchError, WatchEvent, WatchOptions, WatchSpec, Watcher, WatcherHandle};
 use crate::worker::{Outcome, drive, now_ms};
 
+/// While builds run, systemd's STATUS line is refreshed this often: often
+/// enough that `systemctl status` shows live progress, rarely enough to cost
+/// nothing.
+const STATUS_REFRESH: Duration = Duration::from_secs(5);
+
 /// How the daemon runs.
 #[derive(Debug, Default)]
 pub struct RunOptions {
@@ -82,6 +87,8 @@ pub enum DaemonError {
     Client(#[from] BuildError),
     #[error("{0}")]
     Watch(#[from] WatchError),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
 }
 
 /// Retries a failed build from the store directly (the daemon is not
@@ -201,6 +208,19 @@ pub async fn run(
     };
     let mut commands = opts.commands.take();
     let mut reloads = opts.reloads.take();
+    let (socket_tx, socket_rx) = mpsc::channel(16);
+    let mut socket_rx = Some(socket_rx);
+    let socket = crate::control::serve(
+        &daemon.config.daemon.state_dir,
+        daemon.store.clone(),
+        daemon.observer.clone(),
+        socket_tx,
+        watcher_cancel.clone(),
+    )
+    .await?;
+    let watchdog = sd_notify::watchdog_enabled();
+    let mut systemd = Systemd::default();
+    systemd.ready();
     tracing::info!(
         rules = daemon.config.rules.len(),
         unfinished = daemon.pending.len(),
@@ -212,6 +232,24 @@ pub async fn run(
         let wake = daemon.schedule();
         daemon.observer.set_unfinished(daemon.pending.values());
         let wake = daemon.check_stuck(wake);
+        systemd.status(&daemon);
+        // Progress moves without events: refresh the status line while
+        // builds run.
+        let wake = if daemon.running.is_empty() {
+            wake
+        } else {
+            let at = now_ms() + millis(STATUS_REFRESH);
+            Some(wake.map_or(at, |w| w.min(at)))
+        };
+        // The watchdog is fed from this loop, so a wedged loop trips it.
+        let wake = match watchdog {
+            Some(interval) => {
+                systemd.watchdog(interval);
+                let at = now_ms() + millis(interval / 2);
+                Some(wake.map_or(at, |w| w.min(at)))
+            }
+            None => wake,
+        };
         if opts.once && daemon.pending.is_empty() && daemon.running.is_empty() {
             break;
         }
@@ -221,6 +259,7 @@ pub async fn run(
             _ = cancel.cancelled() => Event::Shutdown,
             Some((id, outcome)) = done_rx.recv() => Event::Done(id, Box::new(outcome)),
             Some(cmd) = recv(&mut commands) => Event::Command(cmd),
+            Some(cmd) = recv(&mut socket_rx) => Event::Command(cmd),
             Some(reload) = recv(&mut reloads) => Event::Reload(Box::new(reload)),
             Some(ev) = recv(&mut watch_rx) => Event::Watch(ev),
             _ = sleep_for(sleep) => Event::Tick,
@@ -235,8 +274,10 @@ pub async fn run(
         }
     }
 
+    systemd.stopping();
     daemon.shutdown().await;
     watcher_cancel.cancel();
+    let _ = socket.await;
     if let Some(watcher) = watcher {
         watcher.stopped().await;
     }
@@ -685,4 +726,47 @@ async fn scan_all(specs: &[WatchSpec]) -> Vec<(String, PathBuf, crate::watcher::
     })
     .await
     .unwrap_or_default()
+}
+
+/// What the daemon tells systemd (`Type=notify`). Every call is a no-op
+/// outside systemd (no `NOTIFY_SOCKET`).
+#[derive(Default)]
+struct Systemd {
+    last_status: String,
+    last_watchdog: Option<std::time::Instant>,
+}
+
+impl Systemd {
+    fn ready(&mut self) {
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+    }
+
+    /// Sends STATUS= when it changed.
+    fn status(&mut self, daemon: &Daemon) {
+        let running: Vec<Build> = daemon
+            .running
+            .keys()
+            .filter_map(|id| daemon.pending.get(id).cloned())
+            .collect();
+        let queued = daemon.pending.len() - running.len();
+        let status = daemon.observer.summary(&running, queued);
+        if status != self.last_status {
+            let _ = sd_notify::notify(&[sd_notify::NotifyState::Status(&status)]);
+            self.last_status = status;
+        }
+    }
+
+    fn watchdog(&mut self, interval: Duration) {
+        let due = self
+            .last_watchdog
+            .is_none_or(|at| at.elapsed() >= interval / 2);
+        if due {
+            let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+            self.last_watchdog = Some(std::time::Instant::now());
+        }
+    }
+
+    fn stopping(&mut self) {
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    }
 }

@@ -14,10 +14,12 @@
 pub mod archive;
 pub mod cli;
 pub mod config;
+pub mod control;
 pub mod crashpoint;
 pub mod daemon;
 pub mod dispose;
 pub mod intake;
+pub mod logging;
 pub mod observe;
 pub mod patchkit;
 pub mod policy;

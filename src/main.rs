@@ -7,9 +7,11 @@ use futures::StreamExt;
 use signal_hook::consts::{SIGINT, SIGTERM};
 use tokio_util::sync::CancellationToken;
 
-use patchkit_autopublish::cli::{BuildArg, Cli, Command, RunArgs};
+use patchkit_autopublish::cli::{BuildArg, Cli, Command, RunArgs, StatusArgs};
 use patchkit_autopublish::config::{Config, ConfigError};
+use patchkit_autopublish::control::{self, BuildRow, Request};
 use patchkit_autopublish::daemon::{self, RunOptions};
+use patchkit_autopublish::logging;
 use patchkit_autopublish::sandbox;
 use patchkit_autopublish::store::Store;
 use signal_hook::consts::SIGHUP;
@@ -22,7 +24,6 @@ const EXIT_USAGE: u8 = 2;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -37,8 +38,14 @@ fn main() -> ExitCode {
 }
 
 async fn dispatch(cli: Cli) -> ExitCode {
+    // `run` sets up logging from its config; the other commands log little.
+    let _guard = match &cli.command {
+        Command::Run(_) => None,
+        _ => logging::init("info", None).ok(),
+    };
     match cli.command {
         Command::Run(args) => run(args).await,
+        Command::Status(args) => status(args).await,
         Command::Retry(args) => control(args, Control::Retry).await,
         Command::Cancel(args) => control(args, Control::Cancel).await,
         Command::Check(args) => check(&args.config),
@@ -87,6 +94,15 @@ async fn run(args: RunArgs) -> ExitCode {
         Ok(config) => config,
         Err(err) => return fail(EXIT_USAGE, &anyhow::Error::new(err)),
     };
+    let files = config
+        .daemon
+        .log_dir
+        .as_deref()
+        .map(|dir| (dir, config.daemon.log_keep));
+    let _guard = match logging::init(&config.daemon.log_level, files) {
+        Ok(guard) => guard,
+        Err(err) => return fail(EXIT_USAGE, &anyhow::anyhow!(err)),
+    };
     let (reload_tx, reload_rx) = mpsc::channel(4);
     let shutdown = match signals(Some((path, reload_tx))) {
         Ok(token) => token,
@@ -109,16 +125,41 @@ enum Control {
     Cancel,
 }
 
+/// Retries or cancels a build: through the running daemon's socket, or on
+/// the store when no daemon runs.
 async fn control(args: BuildArg, what: Control) -> ExitCode {
     let config = match Config::load(&args.config.config) {
         Ok(config) => config,
         Err(err) => return fail(EXIT_USAGE, &anyhow::Error::new(err)),
     };
     let dir = config.daemon.state_dir.clone();
-    let store = match tokio::task::spawn_blocking(move || Store::open(dir)).await {
-        Ok(Ok(store)) => store,
-        Ok(Err(err)) => return fail(EXIT_FAILURE, &anyhow::Error::new(err)),
+    let request = match what {
+        Control::Retry => Request::Retry {
+            build: args.build.to_string(),
+        },
+        Control::Cancel => Request::Cancel {
+            build: args.build.to_string(),
+        },
+    };
+    match control::ask(&dir, &request).await {
+        Ok(Some(response)) => {
+            return match (response.ok, response.builds.first()) {
+                (true, Some(row)) => {
+                    println!("build {}: {}", row.id, row.detail);
+                    ExitCode::SUCCESS
+                }
+                _ => fail(
+                    EXIT_FAILURE,
+                    &anyhow::anyhow!(response.error.unwrap_or_else(|| "no answer".into())),
+                ),
+            };
+        }
+        Ok(None) => {}
         Err(err) => return fail(EXIT_FAILURE, &anyhow::Error::new(err)),
+    }
+    let store = match open_store(dir).await {
+        Ok(store) => store,
+        Err(err) => return fail(EXIT_FAILURE, &err),
     };
     let result = match what {
         Control::Retry => daemon::retry_build(&store, args.build).await,
@@ -130,6 +171,127 @@ async fn control(args: BuildArg, what: Control) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(err) => fail(EXIT_FAILURE, &anyhow::Error::new(err)),
+    }
+}
+
+async fn open_store(dir: std::path::PathBuf) -> anyhow::Result<Store> {
+    Ok(tokio::task::spawn_blocking(move || Store::open(dir)).await??)
+}
+
+/// `status`: from the daemon when it runs, from the store when not.
+async fn status(args: StatusArgs) -> ExitCode {
+    let config = match Config::load(&args.config.config) {
+        Ok(config) => config,
+        Err(err) => return fail(EXIT_USAGE, &anyhow::Error::new(err)),
+    };
+    let dir = config.daemon.state_dir.clone();
+    let rows = match control::ask(&dir, &Request::Status { all: args.all }).await {
+        Ok(Some(response)) if response.ok => response.builds,
+        Ok(Some(response)) => {
+            return fail(
+                EXIT_FAILURE,
+                &anyhow::anyhow!(response.error.unwrap_or_else(|| "no answer".into())),
+            );
+        }
+        Ok(None) => {
+            if !dir.join("db").exists() {
+                // Nothing ever ran here: no builds, and nothing to create.
+                Vec::new()
+            } else {
+                match open_store(dir).await {
+                    Ok(store) => match control::status_rows(&store, None, args.all) {
+                        Ok(rows) => rows,
+                        Err(err) => return fail(EXIT_FAILURE, &anyhow::Error::new(err)),
+                    },
+                    Err(err) => return fail(EXIT_FAILURE, &err),
+                }
+            }
+        }
+        Err(err) => return fail(EXIT_FAILURE, &anyhow::Error::new(err)),
+    };
+    if args.json {
+        match serde_json::to_string_pretty(&rows) {
+            Ok(text) => println!("{text}"),
+            Err(err) => return fail(EXIT_FAILURE, &anyhow::Error::new(err)),
+        }
+    } else {
+        print_table(&rows);
+    }
+    ExitCode::SUCCESS
+}
+
+fn print_table(rows: &[BuildRow]) {
+    if rows.is_empty() {
+        println!("no builds");
+        return;
+    }
+    let progress = |r: &BuildRow| {
+        let mut s = r
+            .progress_percent
+            .map(|p| format!("{p:.0}%"))
+            .unwrap_or_default();
+        if let Some(rate) = r.bytes_per_second {
+            s.push_str(&format!(" {:.1} MiB/s", rate / (1024.0 * 1024.0)));
+        }
+        if let Some(eta) = r.eta_seconds {
+            s.push_str(&format!(
+                " ETA {}",
+                humantime::format_duration(std::time::Duration::from_secs(eta as u64))
+            ));
+        }
+        s
+    };
+    let error = |r: &BuildRow| {
+        r.reason
+            .clone()
+            .or_else(|| r.last_error.clone())
+            .unwrap_or_default()
+    };
+    let table: Vec<[String; 8]> = rows
+        .iter()
+        .map(|r| {
+            [
+                r.id.clone(),
+                r.rule.clone(),
+                r.label.clone(),
+                r.state.clone(),
+                progress(r),
+                r.version_id.map(|v| v.to_string()).unwrap_or_default(),
+                r.attempts.to_string(),
+                error(r),
+            ]
+        })
+        .collect();
+    let header = [
+        "ID",
+        "RULE",
+        "LABEL",
+        "STATE",
+        "PROGRESS",
+        "VERSION",
+        "ATTEMPTS",
+        "LAST ERROR",
+    ];
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in &table {
+        for (i, cell) in row.iter().enumerate().take(7) {
+            widths[i] = widths[i].max(cell.chars().count());
+        }
+    }
+    let line = |cells: &[String]| {
+        let mut out = String::new();
+        for (i, cell) in cells.iter().enumerate() {
+            if i < 7 {
+                out.push_str(&format!("{cell:<width$}  ", width = widths[i]));
+            } else {
+                out.push_str(cell);
+            }
+        }
+        println!("{}", out.trim_end());
+    };
+    line(&header.map(String::from));
+    for row in &table {
+        line(row);
     }
 }
 
@@ -169,22 +331,6 @@ fn signals(
         }
     });
     Ok(token)
-}
-
-fn init_logging() {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    // journald adds its own timestamps and does not render colours.
-    let under_journald = std::env::var_os("JOURNAL_STREAM").is_some();
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(!under_journald && std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    if under_journald {
-        builder.without_time().init();
-    } else {
-        builder.init();
-    }
 }
 
 fn fail(code: u8, err: &anyhow::Error) -> ExitCode {

@@ -1,0 +1,324 @@
+//! The control socket: how `status`, `retry` and `cancel` reach a running
+//! daemon.
+//!
+//! A Unix socket `control.sock` in the state directory, mode 0600 (only the
+//! daemon's user may ask). One JSON request per line, one JSON answer per
+//! line: `{"cmd":"status","all":false}`, `{"cmd":"retry","build":"42"}`,
+//! `{"cmd":"cancel","build":"42"}`. Status is answered from the store and
+//! the observer; retry and cancel go through the daemon's event loop, which
+//! owns the running builds.
+//!
+//! When no daemon runs, the CLI reads the store itself; [`status_rows`] is
+//! shared by both paths so the output is the same.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::daemon::Command;
+use crate::observe::Observer;
+use crate::state::BuildState;
+use crate::store::{Build, BuildId, ListFilter, Store, StoreError};
+use crate::worker::now_ms;
+
+/// The socket's file name in the state directory.
+pub const SOCKET_NAME: &str = "control.sock";
+
+/// Finished builds younger than this are shown by `status` without
+/// `--all`: what happened today is what an operator asks about.
+const RECENT: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// A request on the socket.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "cmd", rename_all = "snake_case")]
+pub enum Request {
+    Status {
+        #[serde(default)]
+        all: bool,
+    },
+    Retry {
+        build: String,
+    },
+    Cancel {
+        build: String,
+    },
+}
+
+/// An answer on the socket.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Response {
+    /// Whether the request succeeded.
+    pub ok: bool,
+    /// The builds asked about (status) or changed (retry, cancel).
+    #[serde(default)]
+    pub builds: Vec<BuildRow>,
+    /// What went wrong.
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+/// One build as `status` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct BuildRow {
+    pub id: String,
+    pub rule: String,
+    pub app: String,
+    pub label: String,
+    pub file: PathBuf,
+    pub size_bytes: u64,
+    /// The state's name (`uploading`, `published`, ...).
+    pub state: String,
+    /// The pipeline stage it is in or ended in.
+    pub stage: String,
+    /// The state in one line, e.g. `uploading v12 45% (...)`.
+    pub detail: String,
+    pub version_id: Option<u64>,
+    /// Percent within the current stage, when known.
+    pub progress_percent: Option<f64>,
+    pub bytes_per_second: Option<f64>,
+    pub eta_seconds: Option<f64>,
+    pub attempts: u32,
+    /// When the next try is due (Unix ms), while waiting to retry.
+    pub next_attempt_at: Option<u64>,
+    pub last_error: Option<String>,
+    /// Processing warnings.
+    pub warnings: Vec<String>,
+    /// Why it failed.
+    pub reason: Option<String>,
+    pub enqueued_at: u64,
+    pub updated_at: u64,
+}
+
+impl BuildRow {
+    /// The row for a build, with live progress when the observer has it.
+    pub fn new(build: &Build, observer: Option<&Observer>) -> BuildRow {
+        let live = observer.and_then(|o| o.live(build.id));
+        let (mut progress, warnings, reason) = match &build.state {
+            BuildState::Uploading {
+                acknowledged,
+                total,
+                ..
+            } => (
+                Some(*acknowledged as f64 * 100.0 / (*total).max(1) as f64),
+                Vec::new(),
+                None,
+            ),
+            BuildState::Processed { warnings, .. }
+            | BuildState::Publishing { warnings, .. }
+            | BuildState::Published { warnings, .. }
+            | BuildState::Scheduled { warnings, .. }
+            | BuildState::Draft { warnings, .. } => (None, warnings.clone(), None),
+            BuildState::Failed { reason, .. } => (None, Vec::new(), Some(reason.clone())),
+            _ => (None, Vec::new(), None),
+        };
+        if let Some(p) = live.as_ref().and_then(|l| l.progress) {
+            progress = Some(p * 100.0);
+        }
+        BuildRow {
+            id: build.id.to_string(),
+            rule: build.rule.clone(),
+            app: build.app_secret.clone(),
+            label: build.label.clone(),
+            file: build.file.clone(),
+            size_bytes: build.identity.size,
+            state: build.state.name().to_owned(),
+            stage: build.state.stage().to_string(),
+            detail: build.state.to_string(),
+            version_id: build.state.version_id(),
+            progress_percent: progress,
+            bytes_per_second: live.as_ref().and_then(|l| l.bytes_per_second),
+            eta_seconds: live.as_ref().and_then(|l| l.eta_seconds),
+            attempts: build.attempts,
+            next_attempt_at: build.next_attempt_at,
+            last_error: build.last_error.clone(),
+            warnings,
+            reason,
+            enqueued_at: build.enqueued_at,
+            updated_at: build.updated_at,
+        }
+    }
+}
+
+/// The rows `status` shows: every unfinished build, and finished ones from
+/// the last day (all of them with `all`).
+pub fn status_rows(
+    store: &Store,
+    observer: Option<&Observer>,
+    all: bool,
+) -> Result<Vec<BuildRow>, StoreError> {
+    let cutoff = now_ms().saturating_sub(RECENT.as_millis() as u64);
+    Ok(store
+        .list(&ListFilter::default())?
+        .iter()
+        .filter(|b| all || !b.state.is_terminal() || b.updated_at >= cutoff)
+        .map(|b| BuildRow::new(b, observer))
+        .collect())
+}
+
+/// The socket path for a state directory.
+pub fn socket_path(state_dir: &Path) -> PathBuf {
+    state_dir.join(SOCKET_NAME)
+}
+
+/// Serves the control socket until `cancel` fires.
+pub async fn serve(
+    state_dir: &Path,
+    store: Store,
+    observer: Observer,
+    commands: mpsc::Sender<Command>,
+    cancel: CancellationToken,
+) -> std::io::Result<tokio::task::JoinHandle<()>> {
+    let path = socket_path(state_dir);
+    // The store lock is held, so no other daemon uses this socket: a file
+    // left by a crash is stale.
+    let _ = std::fs::remove_file(&path);
+    let listener = UnixListener::bind(&path).map_err(|e| {
+        std::io::Error::new(
+            e.kind(),
+            format!("cannot create the control socket {}: {e}", path.display()),
+        )
+    })?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(tokio::spawn(async move {
+        loop {
+            let stream = tokio::select! {
+                _ = cancel.cancelled() => break,
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, _)) => stream,
+                    Err(e) => {
+                        tracing::warn!("control socket: {e}");
+                        continue;
+                    }
+                },
+            };
+            let (store, observer, commands) = (store.clone(), observer.clone(), commands.clone());
+            tokio::spawn(async move {
+                if let Err(e) = answer(stream, &store, &observer, &commands).await {
+                    tracing::debug!("control connection: {e}");
+                }
+            });
+        }
+        let _ = std::fs::remove_file(&path);
+    }))
+}
+
+async fn answer(
+    stream: UnixStream,
+    store: &Store,
+    observer: &Observer,
+    commands: &mpsc::Sender<Command>,
+) -> std::io::Result<()> {
+    let (read, mut write) = stream.into_split();
+    let mut lines = BufReader::new(read).lines();
+    while let Some(line) = lines.next_line().await? {
+        let response = match serde_json::from_str::<Request>(&line) {
+            Ok(request) => handle(request, store, observer, commands).await,
+            Err(e) => failure(format!("bad request: {e}")),
+        };
+        let mut out = serde_json::to_vec(&response).map_err(std::io::Error::other)?;
+        out.push(b'\n');
+        write.write_all(&out).await?;
+    }
+    Ok(())
+}
+
+async fn handle(
+    request: Request,
+    store: &Store,
+    observer: &Observer,
+    commands: &mpsc::Sender<Command>,
+) -> Response {
+    match request {
+        Request::Status { all } => match status_rows(store, Some(observer), all) {
+            Ok(builds) => Response {
+                ok: true,
+                builds,
+                error: None,
+            },
+            Err(e) => failure(e.to_string()),
+        },
+        Request::Retry { build } | Request::Cancel { build }
+            if build.parse::<BuildId>().is_err() =>
+        {
+            failure(format!("{build:?} is not a build id; `status` shows them"))
+        }
+        Request::Retry { build } => {
+            let id = build.parse().expect("checked above");
+            command(commands, |reply| Command::Retry(id, reply), observer).await
+        }
+        Request::Cancel { build } => {
+            let id = build.parse().expect("checked above");
+            command(commands, |reply| Command::Cancel(id, reply), observer).await
+        }
+    }
+}
+
+async fn command(
+    commands: &mpsc::Sender<Command>,
+    make: impl FnOnce(oneshot::Sender<Result<Build, crate::daemon::ControlError>>) -> Command,
+    observer: &Observer,
+) -> Response {
+    let (tx, rx) = oneshot::channel();
+    if commands.send(make(tx)).await.is_err() {
+        return failure("the daemon is shutting down".into());
+    }
+    match rx.await {
+        Ok(Ok(build)) => Response {
+            ok: true,
+            builds: vec![BuildRow::new(&build, Some(observer))],
+            error: None,
+        },
+        Ok(Err(e)) => failure(e.to_string()),
+        Err(_) => failure("the daemon is shutting down".into()),
+    }
+}
+
+fn failure(error: String) -> Response {
+    Response {
+        ok: false,
+        builds: Vec::new(),
+        error: Some(error),
+    }
+}
+
+/// Asks a running daemon; `Ok(None)` when none listens on the socket.
+pub async fn ask(state_dir: &Path, request: &Request) -> std::io::Result<Option<Response>> {
+    let path = socket_path(state_dir);
+    let stream = match UnixStream::connect(&path).await {
+        Ok(s) => s,
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+            ) =>
+        {
+            return Ok(None);
+        }
+        Err(e) => {
+            return Err(std::io::Error::new(
+                e.kind(),
+                format!("cannot reach the daemon at {}: {e}", path.display()),
+            ));
+        }
+    };
+    let (read, mut write) = stream.into_split();
+    let mut line = serde_json::to_vec(request).map_err(std::io::Error::other)?;
+    line.push(b'\n');
+    write.write_all(&line).await?;
+    let mut lines = BufReader::new(read).lines();
+    let answer = lines.next_line().await?.ok_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "the daemon closed the socket",
+        )
+    })?;
+    serde_json::from_str(&answer)
+        .map(Some)
+        .map_err(std::io::Error::other)
+}

@@ -1,0 +1,110 @@
+//! Log output: where lines go and what they look like.
+//!
+//! - Under systemd (`JOURNAL_STREAM` set), plain lines on stderr with a
+//!   syslog priority prefix (`<3>` error, `<4>` warning, `<6>` info, `<7>`
+//!   debug), no colours and no timestamps: journald adds its own and files
+//!   each line under its priority, so `journalctl -p warning` works.
+//! - On a terminal, the usual human-friendly lines with colours.
+//! - Optionally also daily files in a folder, keeping the newest N.
+//!
+//! The filter comes from `RUST_LOG` when set, else from the config.
+
+use std::path::Path;
+
+use tracing::{Event, Level, Subscriber};
+use tracing_appender::non_blocking::WorkerGuard;
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::fmt::format::{Format, Writer};
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::util::SubscriberInitExt;
+
+/// Keeps the file writer flushing; drop it only when the program ends.
+pub struct LogGuard(#[allow(dead_code)] Option<WorkerGuard>);
+
+/// Sets up logging. `level` is the config's filter; `files` a folder for
+/// daily files and how many to keep.
+pub fn init(level: &str, files: Option<(&Path, usize)>) -> Result<LogGuard, String> {
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(env) if !env.trim().is_empty() => EnvFilter::try_new(&env)
+            .map_err(|e| format!("RUST_LOG={env:?} is not a log filter: {e}"))?,
+        _ => EnvFilter::try_new(level).map_err(|e| format!("bad log_level {level:?}: {e}"))?,
+    };
+    let journald = std::env::var_os("JOURNAL_STREAM").is_some();
+    let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
+
+    let (file_layer, guard) = match files {
+        None => (None, None),
+        Some((dir, keep)) => {
+            let appender = tracing_appender::rolling::Builder::new()
+                .rotation(tracing_appender::rolling::Rotation::DAILY)
+                .filename_prefix("patchkit-autopublish")
+                .filename_suffix("log")
+                .max_log_files(keep)
+                .build(dir)
+                .map_err(|e| {
+                    format!(
+                        "cannot write log files in {}: {e}; create the folder and let the \
+                         daemon's user write to it, or remove log_dir",
+                        dir.display()
+                    )
+                })?;
+            // Lossless: a full buffer slows logging rather than dropping
+            // lines, since the file is the audit trail of what was published.
+            let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+                .lossy(false)
+                .finish(appender);
+            let layer = tracing_subscriber::fmt::layer()
+                .with_writer(writer)
+                .with_ansi(false);
+            (Some(layer), Some(guard))
+        }
+    };
+
+    let stderr = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let registry = tracing_subscriber::registry().with(filter).with(file_layer);
+    let result = if journald {
+        registry
+            .with(
+                stderr
+                    .with_ansi(false)
+                    .event_format(SyslogPrefix(Format::default().without_time())),
+            )
+            .try_init()
+    } else {
+        registry.with(stderr.with_ansi(terminal)).try_init()
+    };
+    result.map_err(|e| format!("cannot set up logging: {e}"))?;
+    Ok(LogGuard(guard))
+}
+
+/// Prefixes each line with its syslog priority, for journald.
+struct SyslogPrefix<F>(F);
+
+impl<S, N, F> FormatEvent<S, N> for SyslogPrefix<F>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+    F: FormatEvent<S, N>,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> std::fmt::Result {
+        write!(writer, "<{}>", priority(*event.metadata().level()))?;
+        self.0.format_event(ctx, writer, event)
+    }
+}
+
+/// The syslog priority of a level.
+fn priority(level: Level) -> u8 {
+    match level {
+        Level::ERROR => 3,
+        Level::WARN => 4,
+        Level::INFO => 6,
+        Level::DEBUG | Level::TRACE => 7,
+    }
+}
