@@ -37,6 +37,12 @@ pub enum Command {
     /// It serves the API on two loopback ports (main and upload), prints a
     /// ready-to-paste [patchkit] section, and runs until Ctrl-C.
     Sandbox(SandboxArgs),
+    /// See it work: the sandbox, a watch folder and the real daemon
+    /// publishing a sample build, with no PatchKit account and no config.
+    ///
+    /// Prints each stage with its progress. Without --once it keeps
+    /// running and prints the folder to drop more ZIPs into.
+    Demo(DemoArgs),
     /// Show the builds: id, rule, label, stage, progress, version, attempts
     /// and last error.
     ///
@@ -58,6 +64,14 @@ pub struct RunArgs {
     pub config: ConfigArg,
     /// Take the builds already in the rule folders, finish every build, then
     /// exit (for cron jobs and CI steps) instead of watching.
+    #[arg(long)]
+    pub once: bool,
+}
+
+/// Options of `demo`.
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Exit once the sample build is published (status 0) or failed (1).
     #[arg(long)]
     pub once: bool,
 }

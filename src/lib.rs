@@ -17,6 +17,7 @@ pub mod config;
 pub mod control;
 pub mod crashpoint;
 pub mod daemon;
+pub mod demo;
 pub mod dispose;
 pub mod intake;
 pub mod logging;

@@ -41,6 +41,8 @@ async fn dispatch(cli: Cli) -> ExitCode {
     // `run` sets up logging from its config; the other commands log little.
     let _guard = match &cli.command {
         Command::Run(_) => None,
+        // The demo prints its own progress; logs would drown it.
+        Command::Demo(_) => logging::init("warn", None).ok(),
         _ => logging::init("info", None).ok(),
     };
     match cli.command {
@@ -49,6 +51,16 @@ async fn dispatch(cli: Cli) -> ExitCode {
         Command::Retry(args) => control(args, Control::Retry).await,
         Command::Cancel(args) => control(args, Control::Cancel).await,
         Command::Check(args) => check(&args.config),
+        Command::Demo(args) => {
+            let shutdown = match signals(None) {
+                Ok(token) => token,
+                Err(err) => return fail(EXIT_FAILURE, &err),
+            };
+            match patchkit_autopublish::demo::run(args.once, shutdown).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(err) => fail(EXIT_FAILURE, &err),
+            }
+        }
         Command::Sandbox(args) => {
             let shutdown = match signals(None) {
                 Ok(token) => token,
