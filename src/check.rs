@@ -1,0 +1,182 @@
+//! `check`: everything that can be verified before the first build, without
+//! changing anything.
+//!
+//! The config is valid; the key can be read; for every rule PatchKit knows
+//! the app, the key may manage it, and no draft stands in the way; and the
+//! files each rule would take now. Every problem is listed with what to do.
+
+use std::path::Path;
+
+use crate::config::{Config, ExistingDraft};
+use crate::patchkit::{Client, ErrorKind};
+use crate::watcher::scan_folder;
+
+/// What `check` found.
+#[derive(Debug, Default)]
+pub struct Report {
+    /// Lines for the operator, in order.
+    pub lines: Vec<String>,
+    /// Problems that make the daemon fail or stall.
+    pub problems: usize,
+}
+
+impl Report {
+    fn ok(&mut self, line: String) {
+        self.lines.push(format!("ok       {line}"));
+    }
+
+    fn warn(&mut self, line: String) {
+        self.lines.push(format!("warning  {line}"));
+    }
+
+    fn problem(&mut self, line: String) {
+        self.problems += 1;
+        self.lines.push(format!("problem  {line}"));
+    }
+}
+
+/// Checks a loaded config against PatchKit and the disk.
+pub async fn check(config: &Config) -> Report {
+    let mut report = Report::default();
+    report.ok(format!(
+        "config {} ({} rules)",
+        config.path.display(),
+        config.rules.len()
+    ));
+    let key = match config.patchkit.load_key() {
+        Ok((key, origin)) => {
+            report.ok(format!("API key read from {origin}"));
+            key
+        }
+        Err(err) => {
+            report.problem(format!("{err}"));
+            return report;
+        }
+    };
+    let client = match Client::new(config.patchkit.client_options(key)) {
+        Ok(client) => client,
+        Err(err) => {
+            report.problem(format!("cannot set up the PatchKit client: {err}"));
+            return report;
+        }
+    };
+    let mut key_works = true;
+    for rule in &config.rules {
+        let who = format!("rule {:?}", rule.name);
+        match client.get_app(&rule.app_secret).await {
+            Ok(app) => report.ok(format!(
+                "{who}: app {:?} ({}) exists",
+                app.name, app.platform
+            )),
+            Err(err) if err.kind() == ErrorKind::NotFound => {
+                report.problem(format!(
+                    "{who}: PatchKit has no app with secret {}; copy the secret from the \
+                     PatchKit panel",
+                    rule.app_secret
+                ));
+                continue;
+            }
+            Err(err) => {
+                report.problem(format!("{who}: cannot read the app: {err}"));
+                continue;
+            }
+        }
+        if key_works {
+            match client.list_versions(&rule.app_secret).await {
+                Ok(versions) => {
+                    report.ok(format!("{who}: the API key may manage the app"));
+                    for draft in versions.iter().filter(|v| v.draft && !v.published) {
+                        let what = format!(
+                            "{who}: the app has draft version {} {:?}",
+                            draft.id, draft.label
+                        );
+                        match rule.existing_draft {
+                            ExistingDraft::Fail => report.warn(format!(
+                                "{what}; unless it is one of this daemon's own, the next build \
+                                 stops until it is published or deleted (or set existing_draft \
+                                 = \"take_over\")"
+                            )),
+                            ExistingDraft::TakeOver => report.warn(format!(
+                                "{what}; the next build takes it over (existing_draft = \
+                                 \"take_over\")"
+                            )),
+                        }
+                    }
+                }
+                Err(err) if err.kind() == ErrorKind::Unauthorized => {
+                    key_works = false;
+                    report.problem(format!(
+                        "PatchKit refused the API key ({err}); copy the key from your PatchKit \
+                         account page into {}",
+                        key_place(config)
+                    ));
+                }
+                Err(err) if err.kind() == ErrorKind::Forbidden => report.problem(format!(
+                    "{who}: the API key may not manage app {} ({err}); use the key of the \
+                     account that owns the app",
+                    rule.app_secret
+                )),
+                Err(err) => report.problem(format!("{who}: cannot list versions: {err}")),
+            }
+        }
+        files_now(&mut report, &who, rule);
+    }
+    report
+}
+
+fn key_place(config: &Config) -> String {
+    match &config.patchkit.key_source {
+        crate::config::KeySource::Env(name) => format!("the environment variable {name}"),
+        crate::config::KeySource::File(path) => format!("{}", path.display()),
+    }
+}
+
+fn files_now(report: &mut Report, who: &str, rule: &crate::config::Rule) {
+    let mut spec =
+        crate::watcher::WatchSpec::new(&rule.name, &rule.folder, rule.matcher.clone());
+    spec.recursive = rule.recursive;
+    if let Some(ignore) = &rule.ignore {
+        spec.ignore = ignore.clone();
+    }
+    match scan_folder(&spec) {
+        Ok(files) => {
+            let taken: Vec<_> = files
+                .iter()
+                .filter(|(path, _)| {
+                    path.file_name()
+                        .and_then(|n| n.to_str())
+                        .is_some_and(|n| rule.matches(n))
+                })
+                .collect();
+            report.ok(format!(
+                "{who}: folder {} has {} build file(s) matching {:?}",
+                rule.folder.display(),
+                taken.len(),
+                rule.pattern
+            ));
+            for (path, id) in taken {
+                report.lines.push(format!(
+                    "           {} ({} bytes)",
+                    display_name(path, &rule.folder),
+                    id.size
+                ));
+            }
+        }
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => report.warn(format!(
+            "{who}: folder {} does not exist yet; it is watched once it appears",
+            rule.folder.display()
+        )),
+        Err(err) => report.problem(format!(
+            "{who}: cannot read folder {}: {err}; the daemon's user needs read access (and \
+             write access to move or delete files)",
+            rule.folder.display()
+        )),
+    }
+}
+
+fn display_name(path: &Path, folder: &Path) -> String {
+    path.strip_prefix(folder)
+        .unwrap_or(path)
+        .display()
+        .to_string()
+}
