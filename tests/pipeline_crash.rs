@@ -9,6 +9,7 @@ mod harness;
 use std::os::unix::process::ExitStatusExt as _;
 
 use harness::{Dropped, Scenario, Setup, chunks};
+use patchkit_autopublish::sandbox::{OutcomeRule, ProcessingOutcome};
 
 /// The file every crash case publishes: six chunks.
 const CHUNKS: u64 = 6;
@@ -118,4 +119,37 @@ async fn a_crash_after_taking_over_a_draft_adopts_it_relabelled() {
     // created none.
     s.assert_recovered(&file, 1, "after-take-over");
     assert_eq!(s.snapshot().versions("app-0")[0].id, foreign.id);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_after_content_file_of_a_retried_build_follows_the_new_processing() {
+    // The version was processed once already (with an error), so only a
+    // changed processing_started_at tells the restart that the new request
+    // went through.
+    let s = Setup::new(1)
+        .sandbox(|c| {
+            c.outcome(OutcomeRule::any().processing(ProcessingOutcome::HasProcessingError))
+        })
+        .start()
+        .await;
+    let file = s.drop_zip(0, "game-1.0", chunks(2));
+    s.run_child_ok().await;
+    let failed = s.build_of(&file).await;
+    harness::failure_reason(&failed);
+
+    s.sb.set_outcomes(Vec::new());
+    let out = s.cli(&["retry", &failed.id.to_string()]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        crash_and_restart(&s, "after-content-file").await,
+        "{}",
+        s.logs()
+    );
+    // Two uploads: the first try's and the retry's fresh one.
+    s.assert_recovered(&file, 2, "after-content-file of a retry");
+    let snap = s.snapshot();
+    assert_eq!(
+        snap.total("PUT /1/apps/{secret}/versions/{id}/content_file"),
+        2
+    );
 }
