@@ -108,9 +108,12 @@ async fn thirty_builds_through_random_faults_are_each_published_once_in_order() 
     }
     let snap = s.snapshot();
     assert_eq!(snap.count(CREATE_VERSION, "403"), 0);
+    // Three apps interleave their requests, so which request draws which
+    // fault varies from run to run; only the common faults are sure to
+    // fire (a 412 needs one of the few dozen chunks to draw it).
     let f = &snap.faults;
     assert!(
-        f.injected_5xx > 0 && f.dropped_before > 0 && f.dropped_after > 0 && f.injected_412 > 0,
+        f.injected_5xx > 0 && f.dropped_before > 0 && f.dropped_after > 0,
         "{f:?}"
     );
     eprintln!("{} builds through {f:?} in {elapsed:?}", APPS * PER_APP);
