@@ -68,6 +68,7 @@ async fn a_crash_after_any_store_write_resumes_to_one_published_version() {
         s.assert_recovered(&file, 1, &point);
         n += 1;
     }
+    eprintln!("crashed after each of {} store writes", n - 1);
     assert!(
         n > expected,
         "only {} writes seen, expected {expected}",
