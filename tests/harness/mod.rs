@@ -1,0 +1,552 @@
+//! Scenarios for the pipeline tests: a temporary directory with one drop
+//! folder per app and a state directory, a strict sandbox with the apps, and
+//! a config file pointing the daemon at both, with timings short enough that
+//! a whole build takes a fraction of a second.
+//!
+//! The daemon runs either in-process (`daemon::run`, for scenarios that read
+//! the store or steer the sandbox mid-run) or as the real binary (for crash
+//! points and signals). Every wait is bounded, so a test that goes wrong
+//! fails with the daemon's log instead of hanging.
+//!
+//! Owns no assertions about a particular scenario beyond the common one:
+//! every dropped file is published exactly once with its content.
+
+#![allow(dead_code)] // Each test file uses its own part of the harness.
+
+use std::io::Write as _;
+use std::os::unix::process::ExitStatusExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use patchkit_autopublish::config::Config;
+use patchkit_autopublish::daemon::{self, DaemonError, RunOptions};
+use patchkit_autopublish::intake;
+use patchkit_autopublish::patchkit::{ApiKey, AppVersion, Client, ClientOptions};
+use patchkit_autopublish::sandbox::{Sandbox, SandboxConfig, SandboxHandle, Snapshot};
+use patchkit_autopublish::state::BuildState;
+use patchkit_autopublish::store::{Build, BuildId, Enqueued, ListFilter, Store, StoreError};
+use sha2::{Digest, Sha256};
+use tokio_util::sync::CancellationToken;
+use zip::CompressionMethod;
+use zip::write::{SimpleFileOptions, ZipWriter};
+
+/// The API key the sandbox knows.
+pub const KEY: &str = "pipeline-key";
+/// The smallest chunk the config accepts: many chunks from a small file.
+pub const CHUNK: u64 = 256 * 1024;
+/// The longest any single wait may take before the test fails. Generous for
+/// a shared two-core machine; a healthy run takes a small fraction of it.
+pub const LIMIT: Duration = Duration::from_secs(60);
+
+/// The route of version creation, as the sandbox counts it.
+pub const CREATE_VERSION: &str = "POST /1/apps/{secret}/versions";
+/// The route of upload creation.
+pub const CREATE_UPLOAD: &str = "POST /1/uploads";
+/// The route of publishing.
+pub const PUBLISH: &str = "POST /1/apps/{secret}/versions/{id}/publish";
+/// The route of chunk uploads.
+pub const CHUNK_ROUTE: &str = "POST /1/uploads/{id}/chunk";
+
+/// What a scenario starts with; change it with the builder methods.
+pub struct Setup {
+    apps: usize,
+    workers: usize,
+    settle: &'static str,
+    auth_retry: &'static str,
+    shutdown_timeout: &'static str,
+    /// Extra `key = value` lines for the rule of each app.
+    rule_lines: Vec<Vec<String>>,
+    sandbox: SandboxConfig,
+}
+
+impl Setup {
+    /// `apps` apps (`app-0`, `app-1`...), each with its own rule and drop
+    /// folder; processing and publishing take 20 ms.
+    pub fn new(apps: usize) -> Self {
+        let mut sandbox = SandboxConfig::new(KEY)
+            .job_duration(Duration::from_millis(20))
+            .publish_duration(Duration::from_millis(20));
+        for i in 0..apps {
+            sandbox = sandbox.with_app(app(i));
+        }
+        Self {
+            apps,
+            workers: apps.max(1),
+            settle: "0s",
+            auth_retry: "1s",
+            shutdown_timeout: "5s",
+            rule_lines: vec![Vec::new(); apps],
+            sandbox,
+        }
+    }
+
+    pub fn workers(mut self, n: usize) -> Self {
+        self.workers = n;
+        self
+    }
+
+    pub fn shutdown_timeout(mut self, d: &'static str) -> Self {
+        self.shutdown_timeout = d;
+        self
+    }
+
+    pub fn auth_retry(mut self, d: &'static str) -> Self {
+        self.auth_retry = d;
+        self
+    }
+
+    /// Adds a line such as `publish = false` to the rule of app `i`.
+    pub fn rule(mut self, i: usize, line: &str) -> Self {
+        self.rule_lines[i].push(line.to_owned());
+        self
+    }
+
+    /// Changes the sandbox (faults, outcomes, durations).
+    pub fn sandbox(mut self, f: impl FnOnce(SandboxConfig) -> SandboxConfig) -> Self {
+        self.sandbox = f(self.sandbox);
+        self
+    }
+
+    pub async fn start(self) -> Scenario {
+        let dir = tempfile::Builder::new()
+            .prefix("pipeline-")
+            .tempdir()
+            .unwrap();
+        let root = dir.path();
+        let sb = Sandbox::start(self.sandbox).await.unwrap();
+        let key_file = root.join("api-key");
+        std::fs::write(&key_file, KEY).unwrap();
+        let mut text = format!(
+            r#"[patchkit]
+api_url = "{api}"
+upload_url = "{upload}"
+api_key_file = "{key}"
+request_timeout = "10s"
+connect_timeout = "2s"
+stall_timeout = "5s"
+retry_base = "5ms"
+retry_cap = "100ms"
+
+[daemon]
+state_dir = "{state}"
+workers = {workers}
+chunk_size = "256KiB"
+settle = "{settle}"
+rescan = "1h"
+shutdown_timeout = "{shutdown}"
+poll_interval = "20ms"
+auth_retry = "{auth_retry}"
+"#,
+            api = sb.main_url(),
+            upload = sb.upload_url(),
+            key = key_file.display(),
+            state = root.join("state").display(),
+            workers = self.workers,
+            settle = self.settle,
+            shutdown = self.shutdown_timeout,
+            auth_retry = self.auth_retry,
+        );
+        for (i, lines) in self.rule_lines.iter().enumerate() {
+            let folder = root.join("drops").join(app(i));
+            std::fs::create_dir_all(&folder).unwrap();
+            text.push_str(&format!(
+                "\n[[rule]]\nname = \"rule-{i}\"\nfolder = \"{}\"\napp_secret = \"{}\"\n\
+                 label = \"{{stem}}\"\n",
+                folder.display(),
+                app(i)
+            ));
+            for line in lines {
+                text.push_str(line);
+                text.push('\n');
+            }
+        }
+        let config = root.join("config.toml");
+        std::fs::write(&config, text).unwrap();
+        Scenario {
+            dir,
+            sb,
+            config,
+            apps: self.apps,
+            runs: AtomicUsize::new(0),
+        }
+    }
+}
+
+/// The secret of app `i`.
+pub fn app(i: usize) -> String {
+    format!("app-{i}")
+}
+
+/// A ZIP payload that makes the file span exactly `n` chunks.
+pub fn chunks(n: u64) -> u64 {
+    n * CHUNK - CHUNK / 2
+}
+
+/// A build file put in a drop folder.
+#[derive(Debug, Clone)]
+pub struct Dropped {
+    /// The app secret of its rule.
+    pub app: String,
+    pub path: PathBuf,
+    /// The version label the rule gives it (the file stem).
+    pub label: String,
+    /// Lowercase hex SHA-256 of the whole file.
+    pub sha256: String,
+}
+
+/// A running scenario. The sandbox and the temporary directory live as long
+/// as it does.
+pub struct Scenario {
+    pub dir: tempfile::TempDir,
+    pub sb: SandboxHandle,
+    /// The config file.
+    pub config: PathBuf,
+    apps: usize,
+    /// Child runs so far, to name their logs.
+    runs: AtomicUsize,
+}
+
+impl Scenario {
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    pub fn load_config(&self) -> Config {
+        Config::load(&self.config).unwrap()
+    }
+
+    /// Writes `key` into the key file the config names.
+    pub fn write_key(&self, key: &str) {
+        std::fs::write(self.dir.path().join("api-key"), key).unwrap();
+    }
+
+    /// Writes a valid STORE ZIP named `{label}.zip` into app `i`'s folder,
+    /// with `payload` bytes of content unique to the label.
+    pub fn drop_zip(&self, i: usize, label: &str, payload: u64) -> Dropped {
+        let folder = self.dir.path().join("drops").join(app(i));
+        let path = folder.join(format!("{label}.zip"));
+        let sha256 = write_zip(&path, label, payload);
+        Dropped {
+            app: app(i),
+            path,
+            label: label.to_owned(),
+            sha256,
+        }
+    }
+
+    /// Records the files as builds in this order, as the watcher would have
+    /// on their arrival.
+    pub async fn enqueue(&self, files: &[&Dropped]) -> Vec<BuildId> {
+        let config = self.load_config();
+        let store = self.open_store().await;
+        let mut ids = Vec::new();
+        for file in files {
+            let rule = config
+                .rules
+                .iter()
+                .find(|r| r.app_secret == file.app)
+                .unwrap();
+            match intake::enqueue(&store, rule, &file.path).await.unwrap() {
+                Enqueued::New(build) => ids.push(build.id),
+                Enqueued::Existing(id) => panic!("{} was already build {id}", file.path.display()),
+            }
+        }
+        ids
+    }
+
+    /// Runs the daemon in-process with `--once` to the end.
+    pub async fn run_once(&self) {
+        tokio::time::timeout(LIMIT, self.run_in_process(CancellationToken::new()))
+            .await
+            .expect("the daemon finished every build in time")
+    }
+
+    /// Runs the daemon in-process with `--once` until it is done or `cancel`
+    /// fires.
+    pub async fn run_in_process(&self, cancel: CancellationToken) {
+        // A store this process dropped a moment ago may still hold sled's
+        // lock for a moment; nothing has happened before the store is open,
+        // so starting again is safe.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let opts = RunOptions {
+                once: true,
+                ..Default::default()
+            };
+            match daemon::run(self.load_config(), opts, cancel.clone()).await {
+                Ok(()) => return,
+                Err(DaemonError::Store(StoreError::Locked { .. })) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(50)).await
+                }
+                Err(e) => panic!("the daemon stopped: {e}"),
+            }
+        }
+    }
+
+    /// Opens the store (the daemon must not be running in this process).
+    pub async fn open_store(&self) -> Store {
+        let dir = self.state_dir();
+        tokio::task::spawn_blocking(move || {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                match Store::open(&dir) {
+                    Ok(store) => return store,
+                    Err(StoreError::Locked { .. }) if Instant::now() < deadline => {
+                        std::thread::sleep(Duration::from_millis(50))
+                    }
+                    Err(e) => panic!("open {}: {e}", dir.display()),
+                }
+            }
+        })
+        .await
+        .unwrap()
+    }
+
+    /// Every build record, in id order.
+    pub async fn builds(&self) -> Vec<Build> {
+        let store = self.open_store().await;
+        store.list(&ListFilter::default()).unwrap()
+    }
+
+    /// The build record of a file.
+    pub async fn build_of(&self, file: &Dropped) -> Build {
+        let builds = self.builds().await;
+        builds
+            .into_iter()
+            .find(|b| b.file == file.path)
+            .unwrap_or_else(|| panic!("no build for {}", file.path.display()))
+    }
+
+    /// Starts the real binary on this config: `run --once`, or `run` when
+    /// `once` is false, with the crash point armed when given.
+    pub fn spawn(&self, once: bool, crashpoint: Option<&str>) -> Daemon {
+        let n = self.runs.fetch_add(1, Ordering::SeqCst);
+        let log = self.dir.path().join(format!("daemon-{n}.log"));
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_patchkit-autopublish"));
+        cmd.arg("run").arg("--config").arg(&self.config);
+        if once {
+            cmd.arg("--once");
+        }
+        cmd.env_remove(patchkit_autopublish::crashpoint::ENV);
+        if let Some(point) = crashpoint {
+            cmd.env(patchkit_autopublish::crashpoint::ENV, point);
+        }
+        let child = cmd
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        Daemon { child, log }
+    }
+
+    /// Runs `run --once` in a child to its end.
+    pub async fn run_child(&self, crashpoint: Option<&str>) -> ExitStatus {
+        self.spawn(true, crashpoint).wait(LIMIT).await
+    }
+
+    /// Runs the child to completion and fails the test unless it exits 0.
+    pub async fn run_child_ok(&self) {
+        let status = self.run_child(None).await;
+        assert_eq!(status.code(), Some(0), "{status:?}\n{}", self.logs());
+    }
+
+    /// Runs a CLI command (`retry`, `cancel`...) on this config.
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        Command::new(env!("CARGO_BIN_EXE_patchkit-autopublish"))
+            .args(args)
+            .arg("--config")
+            .arg(&self.config)
+            .env_remove(patchkit_autopublish::crashpoint::ENV)
+            .output()
+            .unwrap()
+    }
+
+    pub fn snapshot(&self) -> Snapshot {
+        self.sb.snapshot()
+    }
+
+    /// Every child log so far, for failure messages.
+    pub fn logs(&self) -> String {
+        let mut out = String::new();
+        for n in 0..self.runs.load(Ordering::SeqCst) {
+            let log = self.dir.path().join(format!("daemon-{n}.log"));
+            out.push_str(&format!("--- run {n}\n"));
+            out.push_str(&std::fs::read_to_string(log).unwrap_or_default());
+        }
+        out
+    }
+
+    /// A client with the right key, to prepare the sandbox as a person would.
+    pub fn client(&self) -> Client {
+        let opts = ClientOptions::new(
+            self.sb.main_url().parse().unwrap(),
+            self.sb.upload_url().parse().unwrap(),
+            ApiKey::new(KEY).unwrap(),
+        );
+        Client::new(opts).unwrap()
+    }
+
+    /// Creates a draft version on an app, as someone else would.
+    pub async fn create_draft(&self, app: &str, label: &str) -> AppVersion {
+        self.client()
+            .create_version(app, label, None)
+            .await
+            .unwrap()
+    }
+
+    /// Asserts the app's published versions are exactly these files, in
+    /// this order, each with its content, and that no other version exists.
+    pub fn assert_published_in_order(&self, app: &str, files: &[&Dropped]) {
+        let snap = self.snapshot();
+        let versions = snap.versions(app);
+        let got: Vec<(&str, bool, Option<&str>)> = versions
+            .iter()
+            .map(|v| (v.label.as_str(), v.published, v.content_sha256.as_deref()))
+            .collect();
+        let want: Vec<(&str, bool, Option<&str>)> = files
+            .iter()
+            .map(|f| (f.label.as_str(), true, Some(f.sha256.as_str())))
+            .collect();
+        assert_eq!(got, want, "versions of {app}\n{}", self.logs());
+    }
+
+    /// The invariants after a crash and a restart, for one file on its own
+    /// app: one version, published with the file's content; one version
+    /// created; at most `max_uploads` uploads created; at most one chunk
+    /// received twice.
+    pub fn assert_recovered(&self, file: &Dropped, max_uploads: u64, context: &str) {
+        let snap = self.snapshot();
+        let logs = || format!("{context}\n{}", self.logs());
+        let versions = snap.versions(&file.app);
+        assert_eq!(versions.len(), 1, "{versions:?}\n{}", logs());
+        assert!(versions[0].published, "{:?}\n{}", versions[0], logs());
+        assert_eq!(
+            versions[0].content_sha256.as_deref(),
+            Some(file.sha256.as_str()),
+            "{}",
+            logs()
+        );
+        assert_eq!(snap.count(CREATE_VERSION, "201"), 1, "{}", logs());
+        let uploads = snap.count(CREATE_UPLOAD, "200") + snap.count(CREATE_UPLOAD, "201");
+        assert!(
+            (1..=max_uploads).contains(&uploads),
+            "{uploads} uploads\n{}",
+            logs()
+        );
+        let twice: u64 = snap.uploads.iter().map(|u| u.received_twice).sum();
+        assert!(twice <= CHUNK, "{twice} bytes sent twice\n{}", logs());
+        assert_eq!(snap.total(PUBLISH), 1, "{}", logs());
+    }
+}
+
+/// The real daemon binary, running.
+pub struct Daemon {
+    child: Child,
+    /// Its stderr.
+    pub log: PathBuf,
+}
+
+impl Daemon {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Whether it has exited, and how.
+    pub fn try_wait(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().unwrap()
+    }
+
+    /// Waits for the exit, failing the test (and killing the child) after
+    /// `limit`.
+    pub async fn wait(mut self, limit: Duration) -> ExitStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.try_wait() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                panic!(
+                    "the daemon did not exit within {limit:?}\n{}",
+                    std::fs::read_to_string(&self.log).unwrap_or_default()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Sends a signal by name (`TERM`, `KILL`) with kill(1).
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.pid().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -{name} {}", self.pid());
+    }
+
+    /// SIGKILLs it and waits for the exit.
+    pub async fn kill(mut self) -> ExitStatus {
+        let _ = self.child.kill();
+        let status = self.child.wait().unwrap();
+        assert_eq!(status.signal(), Some(9), "{status:?}");
+        status
+    }
+}
+
+/// Polls `check` every 5 ms until it holds, failing the test after
+/// [`LIMIT`]. For conditions the test cannot be told about any other way
+/// (another process's progress, seen through the sandbox).
+pub async fn until(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + LIMIT;
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Writes a STORE ZIP with one entry of `payload` pseudo-random bytes
+/// derived from `seed`, and returns the SHA-256 of the file.
+pub fn write_zip(path: &Path, seed: &str, payload: u64) -> String {
+    let mut state = seed.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    }) | 1;
+    let mut data = Vec::with_capacity(payload as usize + 8);
+    while (data.len() as u64) < payload {
+        // xorshift64: incompressible enough, and fast in a debug build.
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        data.extend_from_slice(&state.to_le_bytes());
+    }
+    data.truncate(payload as usize);
+    let tmp = path.with_extension("part");
+    {
+        let mut zip = ZipWriter::new(std::fs::File::create(&tmp).unwrap());
+        let options = SimpleFileOptions::default().compression_method(CompressionMethod::Stored);
+        zip.start_file("game/data.bin", options).unwrap();
+        zip.write_all(&data).unwrap();
+        zip.finish().unwrap();
+    }
+    std::fs::rename(&tmp, path).unwrap();
+    let bytes = std::fs::read(path).unwrap();
+    format!("{:x}", Sha256::digest(&bytes))
+}
+
+/// The state of a build, by name.
+pub fn state_name(build: &Build) -> &'static str {
+    build.state.name()
+}
+
+/// The reason of a failed build, or a panic naming its state.
+pub fn failure_reason(build: &Build) -> &str {
+    match &build.state {
+        BuildState::Failed { reason, .. } => reason,
+        other => panic!("build {} is {other}, not failed", build.id),
+    }
+}
