@@ -541,7 +541,10 @@ impl Daemon {
     /// file stays unchanged for `settle`.
     async fn take_folder_contents(&mut self) {
         let specs = watch_specs(&self.config.rules);
-        let first = scan_all(&specs).await;
+        let mut first = scan_all(&specs).await;
+        // Oldest first: with no events to go by, modification time is the
+        // best record of the order the builds arrived in.
+        first.sort_by(|a, b| (a.2.mtime, &a.1).cmp(&(b.2.mtime, &b.1)));
         if !first.is_empty() && !self.config.daemon.settle.is_zero() {
             tokio::time::sleep(self.config.daemon.settle).await;
         }

@@ -12,6 +12,7 @@
 //! `demo`).
 
 pub mod archive;
+pub mod check;
 pub mod cli;
 pub mod config;
 pub mod control;

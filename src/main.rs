@@ -50,7 +50,7 @@ async fn dispatch(cli: Cli) -> ExitCode {
         Command::Status(args) => status(args).await,
         Command::Retry(args) => control(args, Control::Retry).await,
         Command::Cancel(args) => control(args, Control::Cancel).await,
-        Command::Check(args) => check(&args.config),
+        Command::Check(args) => check(&args.config).await,
         Command::Demo(args) => {
             let shutdown = match signals(None) {
                 Ok(token) => token,
@@ -74,30 +74,25 @@ async fn dispatch(cli: Cli) -> ExitCode {
     }
 }
 
-fn check(path: &std::path::Path) -> ExitCode {
+async fn check(path: &std::path::Path) -> ExitCode {
     let config = match Config::load(path) {
         Ok(config) => config,
         Err(err) => return fail(EXIT_USAGE, &anyhow::Error::new(err)),
     };
-    println!(
-        "config {}: ok ({} rules)",
-        path.display(),
-        config.rules.len()
-    );
-    match config.patchkit.load_key() {
-        Ok((_, origin)) => println!("API key: read from {origin}"),
-        Err(err) => return fail(EXIT_USAGE, &anyhow::Error::new(err)),
+    let report = patchkit_autopublish::check::check(&config).await;
+    for line in &report.lines {
+        println!("{line}");
     }
-    for rule in &config.rules {
-        println!(
-            "rule {}: {} matching {:?} -> app {}",
-            rule.name,
-            rule.folder.display(),
-            rule.pattern,
-            rule.app_secret
+    if report.problems == 0 {
+        println!("all checks passed");
+        ExitCode::SUCCESS
+    } else {
+        eprintln!(
+            "error: {} problem(s) found; fix them and run `check` again",
+            report.problems
         );
+        ExitCode::from(EXIT_USAGE)
     }
-    ExitCode::SUCCESS
 }
 
 async fn run(args: RunArgs) -> ExitCode {
