@@ -18,6 +18,7 @@ pub mod crashpoint;
 pub mod daemon;
 pub mod dispose;
 pub mod intake;
+pub mod metrics;
 pub mod notify;
 pub mod observe;
 pub mod patchkit;
