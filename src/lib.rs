@@ -22,6 +22,8 @@ pub mod demo;
 pub mod dispose;
 pub mod intake;
 pub mod logging;
+pub mod metrics;
+pub mod notify;
 pub mod observe;
 pub mod patchkit;
 pub mod policy;
