@@ -132,8 +132,7 @@ fn key_place(config: &Config) -> String {
 }
 
 fn files_now(report: &mut Report, who: &str, rule: &crate::config::Rule) {
-    let mut spec =
-        crate::watcher::WatchSpec::new(&rule.name, &rule.folder, rule.matcher.clone());
+    let mut spec = crate::watcher::WatchSpec::new(&rule.name, &rule.folder, rule.matcher.clone());
     spec.recursive = rule.recursive;
     if let Some(ignore) = &rule.ignore {
         spec.ignore = ignore.clone();

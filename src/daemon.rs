@@ -218,6 +218,21 @@ pub async fn run(
         watcher_cancel.clone(),
     )
     .await?;
+    let mut notifier = crate::notify::spawn(
+        daemon.config.notify.clone(),
+        &daemon.observer,
+        watcher_cancel.clone(),
+    );
+    let metrics = match daemon.config.daemon.metrics {
+        Some(addr) => {
+            let (bound, task) =
+                crate::metrics::serve(addr, daemon.observer.clone(), watcher_cancel.clone())
+                    .await?;
+            tracing::info!("metrics at http://{bound}/metrics");
+            Some(task)
+        }
+        None => None,
+    };
     let watchdog = sd_notify::watchdog_enabled();
     let mut systemd = Systemd::default();
     systemd.ready();
@@ -268,7 +283,16 @@ pub async fn run(
             Event::Shutdown => break,
             Event::Done(id, outcome) => daemon.finished(id, *outcome).await,
             Event::Command(cmd) => daemon.command(cmd).await,
-            Event::Reload(reload) => daemon.reload(*reload, watcher.as_ref()).await,
+            Event::Reload(reload) => {
+                if daemon.reload(*reload, watcher.as_ref()).await {
+                    crate::notify::update(
+                        &mut notifier,
+                        daemon.config.notify.clone(),
+                        &daemon.observer,
+                        &watcher_cancel,
+                    );
+                }
+            }
             Event::Watch(ev) => daemon.watch_event(ev).await,
             Event::Tick => daemon.key_pause_over().await,
         }
@@ -278,6 +302,12 @@ pub async fn run(
     daemon.shutdown().await;
     watcher_cancel.cancel();
     let _ = socket.await;
+    if let Some(notifier) = notifier {
+        notifier.join().await;
+    }
+    if let Some(metrics) = metrics {
+        let _ = metrics.await;
+    }
     if let Some(watcher) = watcher {
         watcher.stopped().await;
     }
@@ -564,16 +594,17 @@ impl Daemon {
         }
     }
 
+    /// Applies a reloaded config; returns whether it was taken.
     async fn reload(
         &mut self,
         reload: Result<Config, ConfigError>,
         watcher: Option<&WatcherHandle>,
-    ) {
+    ) -> bool {
         let config = match reload {
             Ok(config) => config,
             Err(err) => {
                 tracing::error!("the new config is refused, the old one stays in force: {err}");
-                return;
+                return false;
             }
         };
         if config.daemon.state_dir != self.config.daemon.state_dir {
@@ -586,13 +617,14 @@ impl Daemon {
             && let Err(err) = watcher.update(watch_specs(&config.rules))
         {
             tracing::error!("cannot apply the new rules to the watcher: {err}");
-            return;
+            return false;
         }
         let state_dir = self.config.daemon.state_dir.clone();
         self.config = config;
         self.config.daemon.state_dir = state_dir;
         self.refresh_key();
         tracing::info!(rules = self.config.rules.len(), "config reloaded");
+        true
     }
 
     /// Reports running builds that made no progress for `stuck_after`, once

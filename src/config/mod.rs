@@ -251,8 +251,9 @@ pub struct DaemonSettings {
     /// First interval of polling a processing job or a publish; it backs
     /// off to ten times this for long jobs.
     pub poll_interval: Duration,
-    /// After PatchKit refused the API key (401), every build waits this long
-    /// before one of them tries again with the key read anew.
+    /// After PatchKit refused the API key (401), every build waits this long;
+    /// then the key is read anew and the builds try again (at most `workers`
+    /// requests per interval).
     pub auth_retry: Duration,
     /// A running build with no progress for this long is reported stuck.
     pub stuck_after: Duration,
