@@ -5,10 +5,13 @@
 //! the app, the key may manage it, and no draft stands in the way; and the
 //! files each rule would take now. Every problem is listed with what to do.
 
-use std::path::Path;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 
 use crate::config::{Config, ExistingDraft};
+use crate::control::{self, Request};
 use crate::patchkit::{Client, ErrorKind};
+use crate::store::Store;
 use crate::watcher::scan_folder;
 
 /// What `check` found.
@@ -60,6 +63,7 @@ pub async fn check(config: &Config) -> Report {
             return report;
         }
     };
+    let known = known_files(config).await;
     let mut key_works = true;
     for rule in &config.rules {
         let who = format!("rule {:?}", rule.name);
@@ -74,6 +78,14 @@ pub async fn check(config: &Config) -> Report {
                      PatchKit panel",
                     rule.app_secret
                 ));
+                continue;
+            }
+            Err(err) if err.kind() == ErrorKind::Unauthorized => {
+                if key_works {
+                    report.problem(refused(config, &err));
+                }
+                key_works = false;
+                files_now(&mut report, &who, rule, &known);
                 continue;
             }
             Err(err) => {
@@ -105,11 +117,7 @@ pub async fn check(config: &Config) -> Report {
                 }
                 Err(err) if err.kind() == ErrorKind::Unauthorized => {
                     key_works = false;
-                    report.problem(format!(
-                        "PatchKit refused the API key ({err}); copy the key from your PatchKit \
-                         account page into {}",
-                        key_place(config)
-                    ));
+                    report.problem(refused(config, &err));
                 }
                 Err(err) if err.kind() == ErrorKind::Forbidden => report.problem(format!(
                     "{who}: the API key may not manage app {} ({err}); use the key of the \
@@ -119,9 +127,17 @@ pub async fn check(config: &Config) -> Report {
                 Err(err) => report.problem(format!("{who}: cannot list versions: {err}")),
             }
         }
-        files_now(&mut report, &who, rule);
+        files_now(&mut report, &who, rule, &known);
     }
     report
+}
+
+fn refused(config: &Config, err: &crate::patchkit::ApiError) -> String {
+    format!(
+        "PatchKit refused the API key ({err}); copy the key from your PatchKit account page \
+         into {}",
+        key_place(config)
+    )
 }
 
 fn key_place(config: &Config) -> String {
@@ -131,7 +147,33 @@ fn key_place(config: &Config) -> String {
     }
 }
 
-fn files_now(report: &mut Report, who: &str, rule: &crate::config::Rule) {
+/// The files the store already has builds for, by path and size, with the
+/// build id: from the running daemon, or from the store when none runs (and
+/// only if it exists: `check` creates nothing).
+async fn known_files(config: &Config) -> HashMap<(PathBuf, u64), String> {
+    let dir = &config.daemon.state_dir;
+    let rows = match control::ask(dir, &Request::Status { all: true }).await {
+        Ok(Some(response)) if response.ok => response.builds,
+        _ if dir.join("db").exists() => {
+            let dir = dir.clone();
+            match tokio::task::spawn_blocking(move || Store::open(dir)).await {
+                Ok(Ok(store)) => control::status_rows(&store, None, true).unwrap_or_default(),
+                _ => Vec::new(),
+            }
+        }
+        _ => Vec::new(),
+    };
+    rows.into_iter()
+        .map(|r| ((r.file, r.size_bytes), format!("{} ({})", r.id, r.state)))
+        .collect()
+}
+
+fn files_now(
+    report: &mut Report,
+    who: &str,
+    rule: &crate::config::Rule,
+    known: &HashMap<(PathBuf, u64), String>,
+) {
     let mut spec = crate::watcher::WatchSpec::new(&rule.name, &rule.folder, rule.matcher.clone());
     spec.recursive = rule.recursive;
     if let Some(ignore) = &rule.ignore {
@@ -147,15 +189,23 @@ fn files_now(report: &mut Report, who: &str, rule: &crate::config::Rule) {
                         .is_some_and(|n| rule.matches(n))
                 })
                 .collect();
+            let new = taken
+                .iter()
+                .filter(|(path, id)| !known.contains_key(&(path.clone(), id.size)))
+                .count();
             report.ok(format!(
-                "{who}: folder {} has {} build file(s) matching {:?}",
+                "{who}: folder {} has {} build file(s) matching {:?}, {new} not yet taken",
                 rule.folder.display(),
                 taken.len(),
                 rule.pattern
             ));
             for (path, id) in taken {
+                let note = match known.get(&(path.clone(), id.size)) {
+                    Some(build) => format!("already build {build}"),
+                    None => "would be taken now".to_owned(),
+                };
                 report.lines.push(format!(
-                    "           {} ({} bytes)",
+                    "           {} ({} bytes): {note}",
                     display_name(path, &rule.folder),
                     id.size
                 ));

@@ -66,11 +66,10 @@ pub fn init(level: &str, files: Option<(&Path, usize)>) -> Result<LogGuard, Stri
     let registry = tracing_subscriber::registry().with(filter).with(file_layer);
     let result = if journald {
         registry
-            .with(
-                stderr
-                    .with_ansi(false)
-                    .event_format(SyslogPrefix(Format::default().without_time())),
-            )
+            .with(stderr.with_ansi(false).event_format(SyslogPrefix(
+                // The priority prefix is the level.
+                Format::default().without_time().with_level(false),
+            )))
             .try_init()
     } else {
         registry.with(stderr.with_ansi(terminal)).try_init()

@@ -41,9 +41,9 @@ async fn dispatch(cli: Cli) -> ExitCode {
     // `run` sets up logging from its config; the other commands log little.
     let _guard = match &cli.command {
         Command::Run(_) => None,
-        // The demo prints its own progress; logs would drown it.
-        Command::Demo(_) => logging::init("warn", None).ok(),
-        _ => logging::init("info", None).ok(),
+        // The other commands print their own results; only problems are
+        // logged.
+        _ => logging::init("warn", None).ok(),
     };
     match cli.command {
         Command::Run(args) => run(args).await,
