@@ -21,6 +21,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::archive::ArchiveError;
 use crate::config::{Config, ConfigError, KeyError, KeyOrigin, Rule};
 use crate::dispose;
 use crate::intake::{self, IntakeError};
@@ -29,7 +30,9 @@ use crate::patchkit::{ApiKey, BuildError, Client, RetryPolicy};
 use crate::stages::StageCtx;
 use crate::state::BuildState;
 use crate::store::{Build, BuildId, Enqueued, Store, StoreError};
-use crate::watcher::{WatchError, WatchEvent, WatchOptions, WatchSpec, Watcher, WatcherHandle};
+use crate::watcher::{
+    FileId, WatchError, WatchEvent, WatchOptions, WatchSpec, Watcher, WatcherHandle,
+};
 use crate::worker::{Outcome, drive, now_ms};
 
 /// While builds run, systemd's STATUS line is refreshed this often: often
@@ -159,6 +162,8 @@ struct Daemon {
     observer: Observer,
     /// Builds already reported stuck, so each is reported once per stall.
     stuck: HashSet<BuildId>,
+    /// Files that looked like unfinished copies: when to look again.
+    incomplete: Vec<(u64, String, PathBuf, FileId)>,
 }
 
 /// Runs the daemon until `cancel` fires (or, with `once`, until every build
@@ -191,6 +196,7 @@ pub async fn run(
         reported: HashSet::new(),
         observer: opts.observer.clone(),
         stuck: HashSet::new(),
+        incomplete: Vec::new(),
     };
     daemon.dispose_leftovers().await;
 
@@ -294,7 +300,10 @@ pub async fn run(
                 }
             }
             Event::Watch(ev) => daemon.watch_event(ev).await,
-            Event::Tick => daemon.key_pause_over().await,
+            Event::Tick => {
+                daemon.key_pause_over().await;
+                daemon.recheck_incomplete().await;
+            }
         }
     }
 
@@ -357,11 +366,11 @@ impl Daemon {
     fn schedule(&mut self) -> Option<u64> {
         let now = now_ms();
         let mut busy: HashSet<String> = self.running.values().map(|r| r.app.clone()).collect();
-        let mut wake: Option<u64> = None;
+        let mut wake: Option<u64> = self.incomplete.iter().map(|(at, ..)| *at).min();
         if let Some(until) = self.key_paused_until
             && until > now
         {
-            return Some(until);
+            return Some(wake.map_or(until, |w| w.min(until)));
         }
         let mut start = Vec::new();
         for (id, build) in &self.pending {
@@ -527,8 +536,25 @@ impl Daemon {
     async fn watch_event(&mut self, event: WatchEvent) {
         match event {
             WatchEvent::Candidate(c) => self.take(&c.rule, &c.path).await,
-            // An invalid ZIP still becomes a build, which fails validation
-            // with the reason: status and notifications then show it.
+            // A file that looks like an unfinished copy (empty, or a ZIP
+            // whose end is missing) may be a copy that paused longer than
+            // `settle`: look again later before calling it broken.
+            WatchEvent::Invalid {
+                rule,
+                path,
+                error: ArchiveError::Truncated { .. } | ArchiveError::EmptyFile { .. },
+                identity,
+            } => {
+                let due = now_ms() + millis(incomplete_grace(self.config.daemon.settle));
+                tracing::info!(
+                    rule = %rule, file = %path.display(),
+                    "the file looks like an unfinished copy; looking again in {}",
+                    humantime::format_duration(incomplete_grace(self.config.daemon.settle))
+                );
+                self.incomplete.push((due, rule, path, identity));
+            }
+            // Any other invalid ZIP still becomes a build, which fails
+            // validation with the reason: status and notifications show it.
             WatchEvent::Invalid { rule, path, .. } => self.take(&rule, &path).await,
             WatchEvent::FolderMissing { rule, folder } => tracing::warn!(
                 rule = %rule, folder = %folder.display(),
@@ -625,6 +651,25 @@ impl Daemon {
         self.refresh_key();
         tracing::info!(rules = self.config.rules.len(), "config reloaded");
         true
+    }
+
+    /// Takes the files that looked unfinished and have not changed since:
+    /// they are what they are, and validation says why they fail. A file that
+    /// changed is left to the watcher, which reports its new state.
+    async fn recheck_incomplete(&mut self) {
+        let now = now_ms();
+        let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.incomplete)
+            .into_iter()
+            .partition(|(at, ..)| *at <= now);
+        self.incomplete = later;
+        for (_, rule, path, seen) in due {
+            let unchanged = tokio::fs::metadata(&path)
+                .await
+                .is_ok_and(|meta| FileId::of(&meta) == seen);
+            if unchanged {
+                self.take(&rule, &path).await;
+            }
+        }
     }
 
     /// Reports running builds that made no progress for `stuck_after`, once
@@ -735,6 +780,14 @@ impl Daemon {
         }
         tracing::info!("stopped");
     }
+}
+
+/// How long a file that looks like an unfinished copy must stay unchanged
+/// before it is taken (and fails as truncated): ten settle periods (50 s by
+/// default), since a copy that paused longer than `settle` is far likelier
+/// than a file cut short for good.
+fn incomplete_grace(settle: Duration) -> Duration {
+    settle * 10
 }
 
 fn millis(d: Duration) -> u64 {
