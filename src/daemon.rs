@@ -164,6 +164,8 @@ struct Daemon {
     stuck: HashSet<BuildId>,
     /// Files that looked like unfinished copies: when to look again.
     incomplete: Vec<(u64, String, PathBuf, FileId)>,
+    /// When old finished records were last pruned (Unix ms).
+    last_prune: u64,
 }
 
 /// Runs the daemon until `cancel` fires (or, with `once`, until every build
@@ -197,8 +199,10 @@ pub async fn run(
         observer: opts.observer.clone(),
         stuck: HashSet::new(),
         incomplete: Vec::new(),
+        last_prune: 0,
     };
     daemon.dispose_leftovers().await;
+    daemon.prune().await;
 
     let watcher_cancel = cancel.child_token();
     let (watcher, mut watch_rx) = if opts.once {
@@ -449,6 +453,7 @@ impl Daemon {
             Outcome::Finished(build) => {
                 self.pending.remove(&id);
                 self.dispose(&build).await;
+                self.prune().await;
             }
             Outcome::Retry(build) => {
                 self.pending.insert(id, build);
@@ -726,6 +731,26 @@ impl Daemon {
                 }
             }
             Err(err) => tracing::error!("{err}"),
+        }
+    }
+
+    /// Deletes finished records older than `keep_finished`, at most hourly
+    /// and only when builds finish, so an idle daemon stays asleep.
+    async fn prune(&mut self) {
+        const EVERY_MS: u64 = 60 * 60 * 1000;
+        let now = now_ms();
+        if now.saturating_sub(self.last_prune) < EVERY_MS {
+            return;
+        }
+        self.last_prune = now;
+        match self
+            .store
+            .prune_finished(self.config.daemon.keep_finished)
+            .await
+        {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(pruned = n, "deleted old finished build records"),
+            Err(err) => tracing::warn!("cannot prune old build records: {err}"),
         }
     }
 

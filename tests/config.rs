@@ -56,7 +56,7 @@ fn defaults_fill_everything_left_out() {
     assert_eq!(config.patchkit.request_timeout, Duration::from_secs(30));
     assert_eq!(
         config.patchkit.retry_give_up,
-        Some(Duration::from_secs(900))
+        Some(Duration::from_secs(120))
     );
     assert_eq!(
         config.daemon.state_dir,

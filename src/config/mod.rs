@@ -257,6 +257,9 @@ pub struct DaemonSettings {
     pub auth_retry: Duration,
     /// A running build with no progress for this long is reported stuck.
     pub stuck_after: Duration,
+    /// Finished build records older than this are deleted (their files are
+    /// still remembered, so they are never published again).
+    pub keep_finished: Duration,
     /// The log filter (`info`, `debug`, `patchkit_autopublish=debug`, ...);
     /// `RUST_LOG` overrides it.
     pub log_level: String,
@@ -520,7 +523,7 @@ impl<'s> Validator<'s> {
         let retry_give_up = match raw.retry_give_up {
             Some(v) if v.get_ref().trim() == "never" => Some(None),
             other => self
-                .duration(other, "[patchkit] retry_give_up", "15m", Zero::Allowed)
+                .duration(other, "[patchkit] retry_give_up", "2m", Zero::Allowed)
                 .map(Some),
         };
         if let (Some(base), Some(cap)) = (retry_base, retry_cap)
@@ -620,6 +623,12 @@ impl<'s> Validator<'s> {
             "30m",
             Zero::Refused,
         );
+        let keep_finished = self.duration(
+            raw.keep_finished,
+            "[daemon] keep_finished",
+            "90days",
+            Zero::Refused,
+        );
         let log_level = match raw.log_level {
             None => Some("info".to_owned()),
             Some(l) => match tracing_subscriber::EnvFilter::try_new(l.get_ref()) {
@@ -684,6 +693,7 @@ impl<'s> Validator<'s> {
             poll_interval: poll_interval?,
             auth_retry: auth_retry?,
             stuck_after: stuck_after?,
+            keep_finished: keep_finished?,
             log_level: log_level?,
             log_dir: log_dir?,
             log_keep: log_keep?,

@@ -37,6 +37,7 @@ pub struct RawDaemon {
     pub poll_interval: Option<Spanned<String>>,
     pub auth_retry: Option<Spanned<String>>,
     pub stuck_after: Option<Spanned<String>>,
+    pub keep_finished: Option<Spanned<String>>,
     pub log_level: Option<Spanned<String>>,
     pub log_dir: Option<Spanned<String>>,
     pub log_keep: Option<Spanned<i64>>,
