@@ -92,6 +92,11 @@ pub enum DaemonError {
     Watch(#[from] WatchError),
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    #[error(
+        "PatchKit refused the API key; fix it (api_key_env, api_key_file or the systemd \
+         credential) and run again: the builds resume where they stopped"
+    )]
+    KeyRefused,
 }
 
 /// Retries a failed build from the store directly (the daemon is not
@@ -253,7 +258,13 @@ pub async fn run(
         "daemon running"
     );
 
+    let mut result = Ok(());
     loop {
+        // With --once there is nobody to fix the key while we wait.
+        if opts.once && daemon.key_paused_until.is_some() && daemon.running.is_empty() {
+            result = Err(DaemonError::KeyRefused);
+            break;
+        }
         let wake = daemon.schedule();
         daemon.observer.set_unfinished(daemon.pending.values());
         let wake = daemon.check_stuck(wake);
@@ -324,7 +335,7 @@ pub async fn run(
     if let Some(watcher) = watcher {
         watcher.stopped().await;
     }
-    Ok(())
+    result
 }
 
 async fn recv<T>(rx: &mut Option<mpsc::Receiver<T>>) -> Option<T> {

@@ -135,15 +135,26 @@ async fn a_refused_key_pauses_every_build_until_the_key_file_is_fixed() {
     };
 
     let started = Instant::now();
+    let cancel = CancellationToken::new();
     let fix = async {
         tokio::time::sleep(Duration::from_secs(4)).await;
         let seen = refused(&s.snapshot());
         let elapsed = started.elapsed().as_secs();
         s.write_key(harness::KEY);
+        harness::until("every build published after the key was fixed", || {
+            let snap = s.snapshot();
+            ["app-0", "app-1"]
+                .iter()
+                .map(|app| snap.versions(app).iter().filter(|v| v.published).count())
+                .sum::<usize>()
+                == 3
+        })
+        .await;
+        cancel.cancel();
         (seen, elapsed)
     };
     let ((seen, elapsed), ()) = tokio::time::timeout(harness::LIMIT, async {
-        tokio::join!(fix, s.run_in_process(CancellationToken::new()))
+        tokio::join!(fix, s.run_watching(cancel.clone()))
     })
     .await
     .expect("the builds finished once the key was fixed");
@@ -209,4 +220,24 @@ async fn a_second_daemon_on_the_same_state_dir_is_refused_naming_the_lock() {
     first.signal("TERM");
     let status = first.wait(Duration::from_secs(10)).await;
     assert_eq!(status.code(), Some(0), "{}", s.logs());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_once_a_refused_key_ends_the_run_with_an_error_and_keeps_the_builds() {
+    let s = Setup::new(1).auth_retry("1s").start().await;
+    s.write_key("a-revoked-key");
+    let file = s.drop_zip(0, "game-1.0", chunks(1));
+    s.enqueue(&[&file]).await;
+    let ended = tokio::time::timeout(harness::LIMIT, s.run_daemon(true, CancellationToken::new()))
+        .await
+        .expect("--once returns instead of waiting for a key nobody fixes");
+    let err = ended.expect_err("a refused key is an error with --once");
+    assert!(err.to_string().contains("refused the API key"), "{err}");
+    // The build is kept, unfinished, for the next run.
+    let build = s.build_of(&file).await;
+    assert!(!build.state.is_terminal(), "{:?}", build.state);
+    assert!(build.last_error.unwrap_or_default().contains("401"));
+    s.write_key(harness::KEY);
+    s.run_in_process(CancellationToken::new()).await;
+    s.assert_published_in_order("app-0", &[&file]);
 }

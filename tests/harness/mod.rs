@@ -266,21 +266,38 @@ impl Scenario {
     /// Runs the daemon in-process with `--once` until it is done or `cancel`
     /// fires.
     pub async fn run_in_process(&self, cancel: CancellationToken) {
+        self.run_daemon(true, cancel)
+            .await
+            .unwrap_or_else(|e| panic!("the daemon stopped: {e}"))
+    }
+
+    /// Runs the daemon in this process in watch mode until `cancel` fires.
+    pub async fn run_watching(&self, cancel: CancellationToken) {
+        self.run_daemon(false, cancel)
+            .await
+            .unwrap_or_else(|e| panic!("the daemon stopped: {e}"))
+    }
+
+    /// Runs the daemon in this process and returns how it ended.
+    pub async fn run_daemon(
+        &self,
+        once: bool,
+        cancel: CancellationToken,
+    ) -> Result<(), DaemonError> {
         // A store this process dropped a moment ago may still hold sled's
         // lock for a moment; nothing has happened before the store is open,
         // so starting again is safe.
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let opts = RunOptions {
-                once: true,
+                once,
                 ..Default::default()
             };
             match daemon::run(self.load_config(), opts, cancel.clone()).await {
-                Ok(()) => return,
                 Err(DaemonError::Store(StoreError::Locked { .. })) if Instant::now() < deadline => {
                     tokio::time::sleep(Duration::from_millis(50)).await
                 }
-                Err(e) => panic!("the daemon stopped: {e}"),
+                other => return other,
             }
         }
     }
