@@ -68,6 +68,16 @@ pub async fn check(config: &Config) -> Report {
                 "{who}: app {:?} ({}) exists",
                 app.name, app.platform
             )),
+            // A wrong key may be refused at the first request, before the
+            // version list below would say so.
+            Err(err) if err.kind() == ErrorKind::Unauthorized => {
+                if key_works {
+                    key_works = false;
+                    report.problem(refused(config, &err));
+                }
+                files_now(&mut report, &who, rule);
+                continue;
+            }
             Err(err) if err.kind() == ErrorKind::NotFound => {
                 report.problem(format!(
                     "{who}: PatchKit has no app with secret {}; copy the secret from the \
@@ -105,11 +115,7 @@ pub async fn check(config: &Config) -> Report {
                 }
                 Err(err) if err.kind() == ErrorKind::Unauthorized => {
                     key_works = false;
-                    report.problem(format!(
-                        "PatchKit refused the API key ({err}); copy the key from your PatchKit \
-                         account page into {}",
-                        key_place(config)
-                    ));
+                    report.problem(refused(config, &err));
                 }
                 Err(err) if err.kind() == ErrorKind::Forbidden => report.problem(format!(
                     "{who}: the API key may not manage app {} ({err}); use the key of the \
@@ -122,6 +128,14 @@ pub async fn check(config: &Config) -> Report {
         files_now(&mut report, &who, rule);
     }
     report
+}
+
+fn refused(config: &Config, err: &crate::patchkit::ApiError) -> String {
+    format!(
+        "PatchKit refused the API key ({err}); copy the key from your PatchKit account page into \
+         {}",
+        key_place(config)
+    )
 }
 
 fn key_place(config: &Config) -> String {
