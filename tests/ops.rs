@@ -523,3 +523,48 @@ async fn metrics_count_published_builds_and_uploaded_bytes() {
     daemon.stop().await;
     s.logs_without_key();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn journald_lines_carry_their_priority_and_no_colours() {
+    let s = Setup::new(1)
+        .rule(0, r"filename_regex = '^Game-(?P<version>[0-9.]+)\.zip$'")
+        .start()
+        .await;
+    let daemon = s.spawn_env(&[("JOURNAL_STREAM", "1:1")]);
+    s.until_socket().await;
+    s.drop_zip(0, "Game-1.0", 1000);
+    s.until_published("app-0", "Game-1.0").await;
+    // A file the rule's regex refuses: one warning.
+    s.drop_zip(0, "Other", 1000);
+    daemon.until_log("Other.zip", 1).await;
+    // A broken config on SIGHUP: an error, several lines long.
+    s.edit_config(|t| {
+        t.replacen("workers = 1", "workers = 0", 1)
+            .replacen("[daemon]", "[daemon", 1)
+    });
+    daemon.signal("HUP");
+    daemon.until_log("the new config is refused", 1).await;
+    let log = daemon.log.clone();
+    daemon.stop().await;
+
+    s.logs_without_key();
+    let log = std::fs::read_to_string(log).unwrap();
+    let mut seen = std::collections::BTreeSet::new();
+    for line in log.lines().filter(|l| !l.is_empty()) {
+        assert!(!line.contains('\x1b'), "ANSI escape in {line:?}");
+        let priority = line
+            .strip_prefix('<')
+            .and_then(|rest| rest.split_once('>'))
+            .map(|(p, _)| p)
+            .unwrap_or_else(|| panic!("no priority prefix: {line:?}\n{log}"));
+        assert!(["3", "4", "6"].contains(&priority), "{line:?}");
+        // journald adds its own timestamp.
+        assert!(!line[3..].starts_with("20"), "timestamp in {line:?}");
+        seen.insert(priority.to_owned());
+    }
+    assert_eq!(
+        seen.into_iter().collect::<Vec<_>>(),
+        ["3", "4", "6"],
+        "{log}"
+    );
+}
