@@ -568,3 +568,24 @@ async fn journald_lines_carry_their_priority_and_no_colours() {
         "{log}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_config_at_start_is_logged_as_errors_under_journald() {
+    let s = Setup::new(1).start().await;
+    s.edit_config(|t| {
+        t.replacen("workers = 1", "workers = 0", 1).replacen(
+            "settle = \"0s\"",
+            "settle = \"soon\"",
+            1,
+        )
+    });
+    let status = s.spawn_env(&[("JOURNAL_STREAM", "1:1")]).wait(LIMIT).await;
+    assert_eq!(status.code(), Some(2), "{}", s.logs());
+
+    let log = s.logs_without_key();
+    let lines: Vec<&str> = log.lines().skip(1).collect();
+    assert!(lines.len() >= 3, "{log}");
+    for line in lines {
+        assert!(line.starts_with("<3>"), "{line:?} in\n{log}");
+    }
+}
