@@ -51,14 +51,19 @@ async fn status_shows_builds_from_the_running_daemon_and_from_the_stopped_store(
 
     s.drop_zip(0, "first", 1000);
     let first_version = s.until_published("app-0", "first").await;
-    // 150 ms per request holds the next build in its six-chunk upload for
-    // about a second: long enough to ask about it several times.
+    // 100 ms per request makes the next build's 20-chunk upload last two
+    // seconds, so it is seen early in its upload; then 3 s per request holds
+    // it there (a chunk at a time) while the table and the JSON are read.
     s.sb.set_faults(FaultConfig {
-        latency: Duration::from_millis(150),
+        latency: Duration::from_millis(100),
         ..FaultConfig::seeded(1)
     });
-    s.drop_zip(0, "second", chunks(6));
+    s.drop_zip(0, "second", chunks(20));
     let uploading = s.until_state("second", "uploading").await;
+    s.sb.set_faults(FaultConfig {
+        latency: Duration::from_secs(3),
+        ..FaultConfig::seeded(1)
+    });
 
     let table = s.run_cli(&["status"]);
     assert_eq!(table.code, Some(0), "{table:?}");
