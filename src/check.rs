@@ -72,20 +72,22 @@ pub async fn check(config: &Config) -> Report {
                 "{who}: app {:?} ({}) exists",
                 app.name, app.platform
             )),
+            // A wrong key may be refused at the first request, before the
+            // version list below would say so.
+            Err(err) if err.kind() == ErrorKind::Unauthorized => {
+                if key_works {
+                    key_works = false;
+                    report.problem(refused(config, &err));
+                }
+                files_now(&mut report, &who, rule, &known);
+                continue;
+            }
             Err(err) if err.kind() == ErrorKind::NotFound => {
                 report.problem(format!(
                     "{who}: PatchKit has no app with secret {}; copy the secret from the \
                      PatchKit panel",
                     rule.app_secret
                 ));
-                continue;
-            }
-            Err(err) if err.kind() == ErrorKind::Unauthorized => {
-                if key_works {
-                    report.problem(refused(config, &err));
-                }
-                key_works = false;
-                files_now(&mut report, &who, rule, &known);
                 continue;
             }
             Err(err) => {

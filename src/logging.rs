@@ -93,8 +93,16 @@ where
         mut writer: Writer<'_>,
         event: &Event<'_>,
     ) -> std::fmt::Result {
-        write!(writer, "<{}>", priority(*event.metadata().level()))?;
-        self.0.format_event(ctx, writer, event)
+        let prefix = format!("<{}>", priority(*event.metadata().level()));
+        let mut text = String::new();
+        self.0.format_event(ctx, Writer::new(&mut text), event)?;
+        // journald files every line of stderr as an entry of its own: each
+        // line of a multi-line message (a refused config lists one problem
+        // per line) needs the prefix, or it is filed as info.
+        for line in text.strip_suffix('\n').unwrap_or(&text).split('\n') {
+            writeln!(writer, "{prefix}{line}")?;
+        }
+        Ok(())
     }
 }
 

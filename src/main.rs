@@ -341,6 +341,16 @@ fn signals(
 }
 
 fn fail(code: u8, err: &anyhow::Error) -> ExitCode {
-    eprintln!("error: {err:#}");
+    let text = format!("error: {err:#}");
+    if std::env::var_os("JOURNAL_STREAM").is_some() {
+        // Under systemd each line is a journal entry of its own; without the
+        // error priority, why the service did not start (a refused config,
+        // one problem per line) would be filed as info.
+        for line in text.lines() {
+            eprintln!("<3>{line}");
+        }
+    } else {
+        eprintln!("{text}");
+    }
     ExitCode::from(code)
 }

@@ -567,3 +567,185 @@ pub fn failure_reason(build: &Build) -> &str {
         other => panic!("build {} is {other}, not failed", build.id),
     }
 }
+
+// ---------------------------------------------------------------------------
+// Operations tests (`tests/cli.rs`, `tests/ops.rs`): the config edited
+// between runs, the daemon as a watching child with extra environment, the
+// CLI with its output captured, and waits on logs, sockets and build states.
+// Every captured output is checked for the API key on the way.
+// ---------------------------------------------------------------------------
+
+/// What a CLI command printed, with its exit code.
+#[derive(Debug)]
+pub struct CliOutput {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl CliOutput {
+    fn from(output: std::process::Output) -> Self {
+        let out = CliOutput {
+            code: output.status.code(),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        };
+        assert_no_key("CLI stdout", &out.stdout);
+        assert_no_key("CLI stderr", &out.stderr);
+        out
+    }
+}
+
+/// Fails the test if `text` holds the sandbox's API key.
+pub fn assert_no_key(what: &str, text: &str) {
+    assert!(!text.contains(KEY), "{what} shows the API key:\n{text}");
+}
+
+/// A loopback port that was free a moment ago (bound, then released).
+pub fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+impl Scenario {
+    /// Rewrites the config file through `edit`.
+    pub fn edit_config(&self, edit: impl FnOnce(String) -> String) {
+        let text = std::fs::read_to_string(&self.config).unwrap();
+        std::fs::write(&self.config, edit(text)).unwrap();
+    }
+
+    /// Adds `line` (such as `metrics = "..."`) to the `[daemon]` section.
+    pub fn daemon_line(&self, line: &str) {
+        self.edit_config(|text| text.replacen("[daemon]\n", &format!("[daemon]\n{line}\n"), 1));
+    }
+
+    /// Appends sections (such as `[[notify]]`) to the config.
+    pub fn append_config(&self, sections: &str) {
+        self.edit_config(|text| format!("{text}\n{sections}\n"));
+    }
+
+    /// Starts the real binary watching (`run`), with extra environment
+    /// variables; its stderr goes to the next run log like [`Self::spawn`].
+    pub fn spawn_env(&self, env: &[(&str, &str)]) -> Daemon {
+        let n = self.runs.fetch_add(1, Ordering::SeqCst);
+        let log = self.dir.path().join(format!("daemon-{n}.log"));
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_patchkit-autopublish"));
+        cmd.arg("run").arg("--config").arg(&self.config);
+        cmd.env_remove(patchkit_autopublish::crashpoint::ENV)
+            .env_remove("JOURNAL_STREAM")
+            .env("RUST_LOG", "info");
+        for (name, value) in env {
+            cmd.env(name, value);
+        }
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        Daemon { child, log }
+    }
+
+    /// Runs a CLI command on this config and captures what it printed.
+    pub fn run_cli(&self, args: &[&str]) -> CliOutput {
+        CliOutput::from(self.cli(args))
+    }
+
+    /// `status --json --all`, parsed.
+    pub fn status_rows(&self) -> Vec<serde_json::Value> {
+        let out = self.run_cli(&["status", "--json", "--all"]);
+        assert_eq!(out.code, Some(0), "status: {out:?}\n{}", self.logs());
+        serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", out.stdout))
+    }
+
+    /// Waits until `status` shows the build labelled `label` in `state`, and
+    /// returns its row. Polls the CLI every 50 ms: each poll starts a
+    /// process, and a debug build of it takes a few milliseconds to answer.
+    pub async fn until_state(&self, label: &str, state: &str) -> serde_json::Value {
+        let deadline = Instant::now() + LIMIT;
+        loop {
+            let rows = self.status_rows();
+            if let Some(row) = rows
+                .iter()
+                .find(|r| r["label"] == label && r["state"] == state)
+            {
+                return row.clone();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "build {label} never became {state}: {rows:#?}\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits until app `app` has a published version labelled `label`, and
+    /// returns its id.
+    pub async fn until_published(&self, app: &str, label: &str) -> u64 {
+        let mut id = 0;
+        until(&format!("{label} published on {app}"), || {
+            let snap = self.snapshot();
+            match snap
+                .versions(app)
+                .iter()
+                .find(|v| v.label == label && v.published)
+            {
+                Some(v) => {
+                    id = v.id;
+                    true
+                }
+                None => false,
+            }
+        })
+        .await;
+        id
+    }
+
+    /// Waits until the running daemon's control socket exists.
+    pub async fn until_socket(&self) -> PathBuf {
+        let path = self.state_dir().join("control.sock");
+        until("the control socket", || path.exists()).await;
+        path
+    }
+
+    /// Every run log so far, checked for the API key.
+    pub fn logs_without_key(&self) -> String {
+        let logs = self.logs();
+        assert_no_key("a daemon log", &logs);
+        logs
+    }
+}
+
+impl Daemon {
+    /// What it wrote to stderr so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until its log holds `needle` `times` times.
+    pub async fn until_log(&self, needle: &str, times: usize) {
+        let deadline = Instant::now() + LIMIT;
+        while self.log_text().matches(needle).count() < times {
+            assert!(
+                Instant::now() < deadline,
+                "the log never said {needle:?} {times} time(s):\n{}",
+                self.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// SIGTERM, then waits for a clean exit (code 0).
+    pub async fn stop(self) {
+        self.signal("TERM");
+        let log = self.log.clone();
+        let status = self.wait(LIMIT).await;
+        assert_eq!(
+            status.code(),
+            Some(0),
+            "{status:?}\n{}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+    }
+}

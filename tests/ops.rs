@@ -1,0 +1,596 @@
+//! Operating the daemon, end to end with the real binary: `status` over the
+//! control socket and from the store, `retry` and `cancel` both ways,
+//! SIGHUP reloads, webhooks, Prometheus metrics and journald log lines.
+//!
+//! Each test starts a sandbox in this process and the daemon as a child
+//! `run` (watching), drops small ZIPs and waits, with a deadline, for what
+//! an operator would see. Every log and CLI output is checked for the API
+//! key.
+
+mod harness;
+
+use std::os::unix::fs::PermissionsExt as _;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::routing::post;
+use harness::{LIMIT, Setup, chunks, free_port};
+use patchkit_autopublish::sandbox::{FaultConfig, OutcomeRule, ProcessingOutcome};
+use serde_json::Value;
+use tokio::sync::mpsc;
+
+/// The processing error the sandbox gives builds labelled `bad-*`.
+const PROCESSING_ERROR: &str = "Missing executable Game.exe";
+
+/// A scenario whose `bad-*` builds fail processing with [`PROCESSING_ERROR`].
+fn failing_bad(apps: usize) -> Setup {
+    Setup::new(apps).sandbox(|c| {
+        c.outcome(
+            OutcomeRule::any()
+                .label("bad-*")
+                .processing(ProcessingOutcome::Error {
+                    message: PROCESSING_ERROR.into(),
+                }),
+        )
+    })
+}
+
+fn field<'a>(row: &'a Value, name: &str) -> &'a Value {
+    row.get(name)
+        .unwrap_or_else(|| panic!("no {name} in {row:#}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_shows_builds_from_the_running_daemon_and_from_the_stopped_store() {
+    let s = Setup::new(1).start().await;
+    let daemon = s.spawn(false, None);
+    let socket = s.until_socket().await;
+    let mode = std::fs::metadata(&socket).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "socket mode {mode:o}");
+
+    s.drop_zip(0, "first", 1000);
+    let first_version = s.until_published("app-0", "first").await;
+    // 100 ms per request makes the next build's 20-chunk upload last two
+    // seconds, so it is seen early in its upload; then 3 s per request holds
+    // it there (a chunk at a time) while the table and the JSON are read.
+    s.sb.set_faults(FaultConfig {
+        latency: Duration::from_millis(100),
+        ..FaultConfig::seeded(1)
+    });
+    s.drop_zip(0, "second", chunks(20));
+    let uploading = s.until_state("second", "uploading").await;
+    s.sb.set_faults(FaultConfig {
+        latency: Duration::from_secs(3),
+        ..FaultConfig::seeded(1)
+    });
+
+    let table = s.run_cli(&["status"]);
+    assert_eq!(table.code, Some(0), "{table:?}");
+    let mut lines = table.stdout.lines();
+    let header: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+    assert_eq!(
+        header,
+        [
+            "ID", "RULE", "LABEL", "STATE", "PROGRESS", "VERSION", "ATTEMPTS", "LAST", "ERROR"
+        ]
+    );
+    let rows: Vec<Vec<&str>> = lines.map(|l| l.split_whitespace().collect()).collect();
+    assert!(
+        rows.iter()
+            .any(|r| r[1..4] == ["rule-0", "first", "published"]),
+        "{}",
+        table.stdout
+    );
+    assert!(
+        rows.iter()
+            .any(|r| r[1..4] == ["rule-0", "second", "uploading"] && r[4].ends_with('%')),
+        "{}",
+        table.stdout
+    );
+
+    let json = s.run_cli(&["status", "--json"]);
+    assert_eq!(json.code, Some(0), "{json:?}");
+    let rows: Vec<Value> = serde_json::from_str(&json.stdout).unwrap();
+    assert_eq!(rows.len(), 2, "{rows:#?}");
+    for row in &rows {
+        for name in [
+            "id",
+            "rule",
+            "label",
+            "state",
+            "version_id",
+            "progress_percent",
+            "attempts",
+        ] {
+            field(row, name);
+        }
+    }
+    let first = rows.iter().find(|r| r["label"] == "first").unwrap();
+    assert_eq!(first["state"], "published");
+    assert_eq!(first["version_id"], first_version);
+    assert_eq!(first["attempts"], 0);
+    let progress = uploading["progress_percent"].as_f64().unwrap();
+    assert!((0.0..=100.0).contains(&progress), "{uploading:#}");
+    assert!(uploading["version_id"].as_u64().is_some(), "{uploading:#}");
+
+    s.sb.set_faults(FaultConfig::default());
+    let second_version = s.until_published("app-0", "second").await;
+    let running = s.until_state("second", "published").await;
+    daemon.stop().await;
+    assert!(!socket.exists(), "the socket outlived the daemon");
+
+    let stopped = s.status_rows();
+    let stored = stopped.iter().find(|r| r["id"] == running["id"]).unwrap();
+    for name in [
+        "id",
+        "rule",
+        "label",
+        "state",
+        "version_id",
+        "attempts",
+        "file",
+    ] {
+        assert_eq!(
+            stored[name], running[name],
+            "{name}: {stored:#} vs {running:#}"
+        );
+    }
+    assert_eq!(stored["version_id"], second_version);
+    let table = s.run_cli(&["status"]);
+    assert_eq!(table.code, Some(0), "{table:?}");
+    assert!(table.stdout.starts_with("ID "), "{}", table.stdout);
+    assert_eq!(
+        table.stdout.matches(" published ").count(),
+        2,
+        "{}",
+        table.stdout
+    );
+    s.logs_without_key();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_and_cancel_through_the_socket_and_on_the_stopped_store() {
+    // app-0 and app-2: a build failed by processing, retried (through the
+    // socket, then on the store). app-1: a slow build with two more queued
+    // behind it (one app runs one build at a time), cancelled while queued.
+    let s = failing_bad(3).start().await;
+    let daemon = s.spawn(false, None);
+    s.until_socket().await;
+    s.drop_zip(0, "bad-0", 1000);
+    s.drop_zip(2, "bad-2", 1000);
+    let bad0 = s.until_state("bad-0", "failed").await;
+    let bad2 = s.until_state("bad-2", "failed").await;
+    for row in [&bad0, &bad2] {
+        let reason = row["reason"].as_str().unwrap();
+        assert!(reason.contains(PROCESSING_ERROR), "{row:#}");
+    }
+    let id = |row: &Value| row["id"].as_str().unwrap().to_owned();
+    let version = |row: &Value| row["version_id"].as_u64().unwrap();
+    s.sb.set_outcomes(Vec::new());
+
+    // Through the running daemon's socket.
+    let retried = s.run_cli(&["retry", &id(&bad0)]);
+    assert_eq!(retried.code, Some(0), "{retried:?}");
+    assert!(
+        retried
+            .stdout
+            .starts_with(&format!("build {}: ", id(&bad0))),
+        "{retried:?}"
+    );
+    assert_eq!(s.until_published("app-0", "bad-0").await, version(&bad0));
+
+    // 150 ms per request keeps `slow` uploading for over a second, and the
+    // two builds after it queued.
+    s.sb.set_faults(FaultConfig {
+        latency: Duration::from_millis(150),
+        ..FaultConfig::seeded(1)
+    });
+    s.drop_zip(1, "slow", chunks(8));
+    s.until_state("slow", "uploading").await;
+    s.drop_zip(1, "later", 1000);
+    s.drop_zip(1, "later-too", 1000);
+    let later = s.until_state("later", "queued").await;
+    let later_too = s.until_state("later-too", "queued").await;
+    let cancelled = s.run_cli(&["cancel", &id(&later)]);
+    assert_eq!(cancelled.code, Some(0), "{cancelled:?}");
+    assert!(cancelled.stdout.contains("cancelled"), "{cancelled:?}");
+    s.until_state("later", "cancelled").await;
+    // A failed build is finished: it can be retried, not cancelled.
+    let refused = s.run_cli(&["cancel", &id(&bad2)]);
+    assert_eq!(refused.code, Some(1), "{refused:?}");
+    assert!(refused.stderr.contains("already failed"), "{refused:?}");
+    for command in ["retry", "cancel"] {
+        let unknown = s.run_cli(&[command, "999"]);
+        assert_eq!(unknown.code, Some(1), "{unknown:?}");
+        assert!(
+            unknown.stderr.contains("there is no build 999"),
+            "{unknown:?}"
+        );
+    }
+    daemon.stop().await;
+    s.sb.set_faults(FaultConfig::default());
+
+    // On the store, with no daemon running.
+    let retried = s.run_cli(&["retry", &id(&bad2)]);
+    assert_eq!(retried.code, Some(0), "{retried:?}");
+    assert!(
+        retried
+            .stdout
+            .starts_with(&format!("build {}: ", id(&bad2))),
+        "{retried:?}"
+    );
+    let cancelled = s.run_cli(&["cancel", &id(&later_too)]);
+    assert_eq!(cancelled.code, Some(0), "{cancelled:?}");
+    assert!(cancelled.stdout.contains("cancelled"), "{cancelled:?}");
+    for command in ["retry", "cancel"] {
+        let unknown = s.run_cli(&[command, "999"]);
+        assert_eq!(unknown.code, Some(1), "{unknown:?}");
+        assert!(
+            unknown.stderr.contains("there is no build 999"),
+            "{unknown:?}"
+        );
+    }
+    let not_failed = s.run_cli(&["retry", &id(&later_too)]);
+    assert_eq!(not_failed.code, Some(1), "{not_failed:?}");
+    assert!(not_failed.stderr.contains("not failed"), "{not_failed:?}");
+    let bad_id = s.run_cli(&["retry", "build-7"]);
+    assert_eq!(bad_id.code, Some(2), "{bad_id:?}");
+
+    // The next run publishes the retried build on its old version and the
+    // interrupted one, and leaves the cancelled ones alone.
+    s.run_child_ok().await;
+    assert_eq!(s.until_published("app-2", "bad-2").await, version(&bad2));
+    let labels: Vec<(String, bool)> = s
+        .snapshot()
+        .versions("app-1")
+        .iter()
+        .map(|v| (v.label.clone(), v.published))
+        .collect();
+    assert_eq!(labels, [("slow".to_owned(), true)]);
+    let states: Vec<(String, String)> = s
+        .status_rows()
+        .iter()
+        .map(|r| {
+            (
+                r["label"].as_str().unwrap().into(),
+                r["state"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    let want = [
+        ("bad-0", "published"),
+        ("bad-2", "published"),
+        ("slow", "published"),
+        ("later", "cancelled"),
+        ("later-too", "cancelled"),
+    ]
+    .map(|(l, st)| (l.to_owned(), st.to_owned()));
+    assert_eq!(states, want);
+    s.logs_without_key();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_applies_a_changed_rule_and_keeps_the_old_config_when_the_new_one_is_broken() {
+    let s = Setup::new(1).start().await;
+    let daemon = s.spawn(false, None);
+    s.until_socket().await;
+    s.drop_zip(0, "a", 1000);
+    s.until_published("app-0", "a").await;
+
+    s.edit_config(|t| t.replacen("label = \"{stem}\"", "label = \"nightly-{stem}\"", 1));
+    daemon.signal("HUP");
+    daemon.until_log("config reloaded", 1).await;
+    s.drop_zip(0, "b", 1000);
+    s.until_published("app-0", "nightly-b").await;
+
+    s.edit_config(|t| t.replacen("[daemon]", "[daemon", 1));
+    let broken_line = std::fs::read_to_string(&s.config)
+        .unwrap()
+        .lines()
+        .position(|l| l == "[daemon")
+        .unwrap()
+        + 1;
+    daemon.signal("HUP");
+    daemon.until_log("the new config is refused", 1).await;
+    let log = daemon.log_text();
+    let place = format!("{}:{broken_line}:", s.config.display());
+    assert!(log.contains(&place) && log.contains("TOML syntax"), "{log}");
+    s.drop_zip(0, "c", 1000);
+    s.until_published("app-0", "nightly-c").await;
+
+    let labels: Vec<String> = s
+        .snapshot()
+        .versions("app-0")
+        .iter()
+        .map(|v| v.label.clone())
+        .collect();
+    assert_eq!(labels, ["a", "nightly-b", "nightly-c"]);
+    daemon.stop().await;
+    s.logs_without_key();
+}
+
+/// A local webhook receiver: every POST to `/{name}` is handed over as
+/// `(name, body)`.
+async fn receiver() -> (String, mpsc::UnboundedReceiver<(String, Value)>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let app = Router::new()
+        .route(
+            "/{name}",
+            post(
+                |State(tx): State<mpsc::UnboundedSender<(String, Value)>>,
+                 Path(name): Path<String>,
+                 axum::Json(body): axum::Json<Value>| async move {
+                    let _ = tx.send((name, body));
+                },
+            ),
+        )
+        .with_state(tx);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (base, rx)
+}
+
+/// Receives `n` bodies, failing the test after [`LIMIT`].
+async fn bodies(
+    rx: &mut mpsc::UnboundedReceiver<(String, Value)>,
+    n: usize,
+) -> Vec<(String, Value)> {
+    let mut got = Vec::new();
+    while got.len() < n {
+        match tokio::time::timeout(LIMIT, rx.recv()).await {
+            Ok(Some(body)) => got.push(body),
+            _ => panic!("only {} of {n} webhook calls arrived: {got:#?}", got.len()),
+        }
+    }
+    got
+}
+
+fn notify_section(url: &str, format: &str) -> String {
+    format!("[[notify]]\nurl = \"{url}\"\nformat = \"{format}\"\n")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhooks_get_published_and_failed_in_each_format() {
+    let s = failing_bad(1).start().await;
+    let (base, mut rx) = receiver().await;
+    for format in ["json", "slack", "discord"] {
+        s.append_config(&notify_section(&format!("{base}/{format}"), format));
+    }
+    let daemon = s.spawn(false, None);
+    s.until_socket().await;
+
+    s.drop_zip(0, "good-1", 1000);
+    let version = s.until_published("app-0", "good-1").await;
+    let published = bodies(&mut rx, 3).await;
+    let body = |got: &[(String, Value)], name: &str| {
+        got.iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, b)| b.clone())
+            .unwrap_or_else(|| panic!("nothing on /{name}: {got:#?}"))
+    };
+    let json = body(&published, "json");
+    assert_eq!(json["event"], "published", "{json:#}");
+    assert_eq!(json["rule"], "rule-0");
+    assert_eq!(json["label"], "good-1");
+    assert_eq!(json["version_id"], version);
+    assert_eq!(json["app"], "app-0");
+    let slack = body(&published, "slack");
+    let text = slack["text"].as_str().unwrap();
+    for part in ["rule-0", "good-1", &format!("version {version}")] {
+        assert!(text.contains(part), "{part} not in {text}");
+    }
+    let discord = body(&published, "discord");
+    let content = discord["content"].as_str().unwrap();
+    for part in ["rule-0", "good-1", &format!("version {version}")] {
+        assert!(content.contains(part), "{part} not in {content}");
+    }
+    assert_eq!(discord["allowed_mentions"]["parse"], serde_json::json!([]));
+
+    // Last on this app: its failed draft stays, and nothing comes after it.
+    s.drop_zip(0, "bad-1", 1000);
+    let failed = bodies(&mut rx, 3).await;
+    let json = body(&failed, "json");
+    assert_eq!(json["event"], "failed", "{json:#}");
+    assert_eq!(json["label"], "bad-1");
+    assert!(
+        json["reason"].as_str().unwrap().contains(PROCESSING_ERROR),
+        "{json:#}"
+    );
+    for (name, key) in [("slack", "text"), ("discord", "content")] {
+        let text = body(&failed, name)[key].as_str().unwrap().to_owned();
+        assert!(
+            text.contains("bad-1") && text.contains(PROCESSING_ERROR),
+            "{text}"
+        );
+    }
+    daemon.stop().await;
+    s.logs_without_key();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_webhook_does_not_delay_publishing() {
+    let s = Setup::new(1).start().await;
+    let (base, mut rx) = receiver().await;
+    // A hook that accepts connections and never answers: each delivery
+    // holds its connection until the 10 s delivery timeout.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_addr = silent.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in silent.incoming() {
+            held.push(stream);
+        }
+    });
+    s.append_config(&notify_section(
+        &format!("http://{silent_addr}/hook"),
+        "json",
+    ));
+    // A hook on a port nobody listens on: refused, retried for a minute.
+    let closed = free_port();
+    s.append_config(&notify_section(
+        &format!("http://127.0.0.1:{closed}/hook"),
+        "slack",
+    ));
+    s.append_config(&notify_section(&format!("{base}/live"), "json"));
+    let daemon = s.spawn(false, None);
+    s.until_socket().await;
+
+    let mut took = Vec::new();
+    for label in ["one", "two", "three"] {
+        let dropped = Instant::now();
+        s.drop_zip(0, label, 1000);
+        s.until_published("app-0", label).await;
+        took.push(dropped.elapsed());
+        let (_, body) = &bodies(&mut rx, 1).await[0];
+        assert_eq!(body["label"], label, "{body:#}");
+    }
+    eprintln!("drop to published with dead hooks: {took:?}");
+    // A build here takes well under a second; a publish held up by a dead
+    // hook would take the 10 s delivery timeout.
+    for t in &took {
+        assert!(*t < Duration::from_secs(3), "{took:?}\n{}", s.logs());
+    }
+    // Deliveries to the silent hook are still waiting for an answer; a
+    // graceful stop would wait up to their timeout, which is not what this
+    // test is about.
+    daemon.kill().await;
+    s.logs_without_key();
+}
+
+/// The value of one sample in a Prometheus text page, if present.
+fn sample(page: &str, series: &str) -> Option<f64> {
+    page.lines().find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
+async fn scrape(url: &str) -> String {
+    let deadline = Instant::now() + LIMIT;
+    loop {
+        match reqwest::get(url).await {
+            Ok(r) if r.status().is_success() => return r.text().await.unwrap(),
+            other => {
+                assert!(Instant::now() < deadline, "cannot scrape {url}: {other:?}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_published_builds_and_uploaded_bytes() {
+    let s = Setup::new(1).start().await;
+    let port = free_port();
+    s.daemon_line(&format!("metrics = \"127.0.0.1:{port}\""));
+    let daemon = s.spawn(false, None);
+    let url = format!("http://127.0.0.1:{port}/metrics");
+    const PUBLISHED: &str = "patchkit_autopublish_published_total{rule=\"rule-0\"}";
+    const BYTES: &str = "patchkit_autopublish_bytes_uploaded_total";
+
+    let before = scrape(&url).await;
+    assert_eq!(
+        sample(&before, "patchkit_autopublish_up"),
+        Some(1.0),
+        "{before}"
+    );
+    assert_eq!(sample(&before, PUBLISHED), None, "{before}");
+    assert_eq!(sample(&before, BYTES), Some(0.0), "{before}");
+
+    let file = s.drop_zip(0, "measured", chunks(2));
+    let size = std::fs::metadata(&file.path).unwrap().len() as f64;
+    s.until_published("app-0", "measured").await;
+    // The daemon counts the publish once it has seen it, a poll after the
+    // sandbox made it.
+    let deadline = Instant::now() + LIMIT;
+    let after = loop {
+        let page = scrape(&url).await;
+        if sample(&page, PUBLISHED) == Some(1.0) {
+            break page;
+        }
+        assert!(Instant::now() < deadline, "{page}\n{}", s.logs());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(sample(&after, BYTES), Some(size), "{after}");
+    assert!(
+        sample(
+            &after,
+            "patchkit_autopublish_last_success_timestamp_seconds{rule=\"rule-0\"}"
+        )
+        .is_some(),
+        "{after}"
+    );
+    daemon.stop().await;
+    s.logs_without_key();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn journald_lines_carry_their_priority_and_no_colours() {
+    let s = Setup::new(1)
+        .rule(0, r"filename_regex = '^Game-(?P<version>[0-9.]+)\.zip$'")
+        .start()
+        .await;
+    let daemon = s.spawn_env(&[("JOURNAL_STREAM", "1:1")]);
+    s.until_socket().await;
+    s.drop_zip(0, "Game-1.0", 1000);
+    s.until_published("app-0", "Game-1.0").await;
+    // A file the rule's regex refuses: one warning.
+    s.drop_zip(0, "Other", 1000);
+    daemon.until_log("Other.zip", 1).await;
+    // A broken config on SIGHUP: an error, several lines long.
+    s.edit_config(|t| {
+        t.replacen("workers = 1", "workers = 0", 1)
+            .replacen("[daemon]", "[daemon", 1)
+    });
+    daemon.signal("HUP");
+    daemon.until_log("the new config is refused", 1).await;
+    let log = daemon.log.clone();
+    daemon.stop().await;
+
+    s.logs_without_key();
+    let log = std::fs::read_to_string(log).unwrap();
+    let mut seen = std::collections::BTreeSet::new();
+    for line in log.lines().filter(|l| !l.is_empty()) {
+        assert!(!line.contains('\x1b'), "ANSI escape in {line:?}");
+        let priority = line
+            .strip_prefix('<')
+            .and_then(|rest| rest.split_once('>'))
+            .map(|(p, _)| p)
+            .unwrap_or_else(|| panic!("no priority prefix: {line:?}\n{log}"));
+        assert!(["3", "4", "6"].contains(&priority), "{line:?}");
+        // journald adds its own timestamp.
+        assert!(!line[3..].starts_with("20"), "timestamp in {line:?}");
+        seen.insert(priority.to_owned());
+    }
+    assert_eq!(
+        seen.into_iter().collect::<Vec<_>>(),
+        ["3", "4", "6"],
+        "{log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_config_at_start_is_logged_as_errors_under_journald() {
+    let s = Setup::new(1).start().await;
+    s.edit_config(|t| {
+        t.replacen("workers = 1", "workers = 0", 1).replacen(
+            "settle = \"0s\"",
+            "settle = \"soon\"",
+            1,
+        )
+    });
+    let status = s.spawn_env(&[("JOURNAL_STREAM", "1:1")]).wait(LIMIT).await;
+    assert_eq!(status.code(), Some(2), "{}", s.logs());
+
+    let log = s.logs_without_key();
+    let lines: Vec<&str> = log.lines().skip(1).collect();
+    assert!(lines.len() >= 3, "{log}");
+    for line in lines {
+        assert!(line.starts_with("<3>"), "{line:?} in\n{log}");
+    }
+}
