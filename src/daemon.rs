@@ -40,6 +40,9 @@ use crate::worker::{Outcome, drive, now_ms};
 /// nothing.
 const STATUS_REFRESH: Duration = Duration::from_secs(5);
 
+/// On shutdown, webhooks still in flight get this long to finish.
+const NOTIFY_DRAIN: Duration = Duration::from_secs(3);
+
 /// How the daemon runs.
 #[derive(Debug, Default)]
 pub struct RunOptions {
@@ -327,7 +330,11 @@ pub async fn run(
     watcher_cancel.cancel();
     let _ = socket.await;
     if let Some(notifier) = notifier {
-        notifier.join().await;
+        // Notifications of the last moments get a short chance; a dead
+        // webhook must not hold up a stop that systemd is timing.
+        if tokio::time::timeout(NOTIFY_DRAIN, notifier.join()).await.is_err() {
+            tracing::warn!("some notifications were not delivered before the daemon stopped");
+        }
     }
     if let Some(metrics) = metrics {
         let _ = metrics.await;
