@@ -550,3 +550,21 @@ async fn a_reload_applies_to_new_files_spares_builds_in_flight_and_a_bad_one_cha
         .collect();
     assert_eq!(labels, ["before", "new-after", "new-kept"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_refused_by_filename_regex_is_taken_once_the_rule_is_changed_and_reloaded() {
+    let s = Setup::new(1).settle(SETTLE).start().await;
+    s.set_rule_key(0, "filename_regex", r"'^Game-[0-9.]+\.zip$'");
+    let mut d = s.watch().await;
+    let refused = s.drop_zip(0, "game_1.5", 1000);
+    let sentinel = s.drop_zip(0, "Game-1.4", 1000);
+    d.published(&sentinel.path).await;
+    assert!(d.builds_of(&refused.path).is_empty(), "{}", d.history());
+
+    // The refusal says "rename it or change the rule": change the rule.
+    s.set_rule_key(0, "filename_regex", r"'^(Game-|game_)[0-9.]+\.zip$'");
+    d.reload(Ok(s.load_config())).await;
+    d.published(&refused.path).await;
+    d.stop().await;
+    s.assert_published_in_order(&app(0), &[&sentinel, &refused]);
+}
