@@ -474,6 +474,8 @@ fn problem(text: &str) -> Problem {
     match Config::parse(text, Path::new("/etc/pka/config.toml")) {
         Ok(_) => panic!("expected the config to be refused:\n{text}"),
         Err(err) => match err.problems() {
+            // A message is one readable sentence, not a wrapped source line.
+            [one] if one.message.contains("  ") => panic!("stray spaces in {one}"),
             [one] => one.clone(),
             more => panic!("expected one problem, got {more:?}"),
         },
