@@ -570,3 +570,42 @@ async fn a_file_refused_by_filename_regex_is_taken_once_the_rule_is_changed_and_
     d.stop().await;
     s.assert_published_in_order(&app(0), &[&sentinel, &refused]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_done_folder_the_rule_watches_is_refused_and_an_ignored_one_publishes_once() {
+    let s = Setup::new(1)
+        .settle(SETTLE)
+        .rule(0, "recursive = true")
+        .start()
+        .await;
+    let set_done = |name: &str| {
+        let done = s.folder(0).join(name);
+        s.set_rule_key(0, "done_folder", &format!("{:?}", done.display().to_string()));
+        done
+    };
+    s.set_rule_key(0, "after_publish", r#""move""#);
+
+    // Moved files would be found again in the rule's own tree: refused.
+    set_done("published");
+    let err = Config::load(&s.config).unwrap_err();
+    let [p] = err.problems() else {
+        panic!("{err}")
+    };
+    let text = std::fs::read_to_string(&s.config).unwrap();
+    let line = text.lines().position(|l| l.starts_with("done_folder")).unwrap() + 1;
+    assert_eq!(p.line, line, "{p}");
+    assert!(p.message.contains("published again"), "{p}");
+    assert!(p.message.contains("choose a folder outside"), "{p}");
+
+    // Under a name the rule ignores, moved files stay out of its sight.
+    let done = set_done(".published");
+    let mut d = s.watch().await;
+    let first = s.drop_zip(0, "first", 1000);
+    d.published(&first.path).await;
+    until("the file moved", || done.join("first.zip").exists()).await;
+    let sentinel = s.drop_zip(0, "sentinel", 1000);
+    d.published(&sentinel.path).await;
+    d.stop().await;
+    let files: Vec<_> = s.builds().await.into_iter().map(|b| b.file).collect();
+    assert_eq!(files, [first.path.clone(), sentinel.path.clone()]);
+}
