@@ -155,6 +155,7 @@ async fn a_hundred_zips_dropped_at_once_are_published_once_each() {
             >= 100
     })
     .await;
+    d.until_idle().await;
     d.stop().await;
 
     let builds = s.builds().await;
@@ -580,7 +581,11 @@ async fn a_done_folder_the_rule_watches_is_refused_and_an_ignored_one_publishes_
         .await;
     let set_done = |name: &str| {
         let done = s.folder(0).join(name);
-        s.set_rule_key(0, "done_folder", &format!("{:?}", done.display().to_string()));
+        s.set_rule_key(
+            0,
+            "done_folder",
+            &format!("{:?}", done.display().to_string()),
+        );
         done
     };
     s.set_rule_key(0, "after_publish", r#""move""#);
@@ -588,11 +593,13 @@ async fn a_done_folder_the_rule_watches_is_refused_and_an_ignored_one_publishes_
     // Moved files would be found again in the rule's own tree: refused.
     set_done("published");
     let err = Config::load(&s.config).unwrap_err();
-    let [p] = err.problems() else {
-        panic!("{err}")
-    };
+    let [p] = err.problems() else { panic!("{err}") };
     let text = std::fs::read_to_string(&s.config).unwrap();
-    let line = text.lines().position(|l| l.starts_with("done_folder")).unwrap() + 1;
+    let line = text
+        .lines()
+        .position(|l| l.starts_with("done_folder"))
+        .unwrap()
+        + 1;
     assert_eq!(p.line, line, "{p}");
     assert!(p.message.contains("published again"), "{p}");
     assert!(p.message.contains("choose a folder outside"), "{p}");

@@ -766,6 +766,17 @@ impl Watching {
             .expect("the daemon answers status")
     }
 
+    /// Waits until the daemon has no unfinished build (polling `status`:
+    /// the sandbox may show a version published a moment before the
+    /// daemon records it).
+    pub async fn until_idle(&self) {
+        let deadline = Instant::now() + WATCH_WAIT;
+        while !self.status().await.is_empty() {
+            assert!(Instant::now() < deadline, "builds still unfinished");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Hands the daemon a reloaded config, as SIGHUP does.
     pub async fn reload(&self, config: Result<Config, patchkit_autopublish::config::ConfigError>) {
         self.reloads
