@@ -165,8 +165,9 @@ struct Daemon {
     /// While PatchKit refuses the key: no build starts before this (Unix ms).
     key_paused_until: Option<u64>,
     cancel: CancellationToken,
-    /// Watcher messages already logged, so a bad file is reported once.
-    reported: HashSet<PathBuf>,
+    /// Files refused by their rule's `filename_regex`, with the rule: each
+    /// is reported once, and looked at again after a reload.
+    reported: HashMap<PathBuf, String>,
     observer: Observer,
     /// Builds already reported stuck, so each is reported once per stall.
     stuck: HashSet<BuildId>,
@@ -203,7 +204,7 @@ pub async fn run(
         done_tx,
         key_paused_until: None,
         cancel: cancel.clone(),
-        reported: HashSet::new(),
+        reported: HashMap::new(),
         observer: opts.observer.clone(),
         stuck: HashSet::new(),
         incomplete: Vec::new(),
@@ -332,7 +333,10 @@ pub async fn run(
     if let Some(notifier) = notifier {
         // Notifications of the last moments get a short chance; a dead
         // webhook must not hold up a stop that systemd is timing.
-        if tokio::time::timeout(NOTIFY_DRAIN, notifier.join()).await.is_err() {
+        if tokio::time::timeout(NOTIFY_DRAIN, notifier.join())
+            .await
+            .is_err()
+        {
             tracing::warn!("some notifications were not delivered before the daemon stopped");
         }
     }
@@ -608,7 +612,11 @@ impl Daemon {
             }
             Ok(Enqueued::Existing(_)) => {}
             Err(err @ IntakeError::NoMatch { .. }) => {
-                if self.reported.insert(path.to_owned()) {
+                if self
+                    .reported
+                    .insert(path.to_owned(), rule.name.clone())
+                    .is_none()
+                {
                     tracing::warn!("{err}");
                 }
             }
@@ -673,6 +681,14 @@ impl Daemon {
         self.config.daemon.state_dir = state_dir;
         self.refresh_key();
         tracing::info!(rules = self.config.rules.len(), "config reloaded");
+        // The watcher offers each file once, so a file the old rule refused
+        // is not offered again; the refusal tells the user to change the
+        // rule, so the changed rule gets to look at it now.
+        for (path, rule) in std::mem::take(&mut self.reported) {
+            if tokio::fs::try_exists(&path).await.unwrap_or(false) {
+                self.take(&rule, &path).await;
+            }
+        }
         true
     }
 

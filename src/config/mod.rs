@@ -723,7 +723,10 @@ impl<'s> Validator<'s> {
                             self.problems.at(
                                 item.span().start..item.span().start,
                                 format!(
-                                    "[[rule]] {:?}: it watches the same folder as [[rule]] {:?}                                      (#{}) and their patterns {:?} and {:?} can match the same                                      file, which would be published twice; give each rule its                                      own folder or patterns that cannot overlap",
+                                    "[[rule]] {:?}: it watches the same folder as [[rule]] {:?} \
+                                     (#{}) and their patterns {:?} and {:?} can match the same \
+                                     file, which would be published twice; give each rule its \
+                                     own folder or patterns that cannot overlap",
                                     rule.name,
                                     other.name,
                                     other_index + 1,

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeSet;
 use std::ops::Range;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use globset::{Glob, GlobMatcher, GlobSet, GlobSetBuilder};
@@ -338,6 +338,44 @@ impl Validator<'_> {
                 Disposition::Move(p) => OnFailure::Move(p),
                 _ => OnFailure::Keep,
             });
+        // A moved file landing where this rule looks would be a new file to
+        // it, and the same build would be published twice.
+        let targets = [
+            (
+                "done_folder",
+                raw.done_folder.as_ref(),
+                match &after_publish {
+                    Some(AfterPublish::Move(d)) => Some(d),
+                    _ => None,
+                },
+            ),
+            (
+                "failed_folder",
+                raw.failed_folder.as_ref(),
+                match &on_failure {
+                    Some(OnFailure::Move(d)) => Some(d),
+                    _ => None,
+                },
+            ),
+        ];
+        for (key, spanned, target) in targets {
+            if let (Some(dir), Some(folder), Some(ignore), Some(spanned)) =
+                (target, &folder, &ignore, spanned)
+                && takes_back(folder, recursive, ignore.as_ref(), dir)
+            {
+                self.problems.at(
+                    spanned.span(),
+                    format!(
+                        "{ctx} {key}: {} is watched by this rule (its folder {}{}), so a file \
+                         moved there would be taken and published again; choose a folder outside \
+                         it, or one whose name `ignore` skips such as \".published\"",
+                        dir.display(),
+                        folder.display(),
+                        if recursive { ", recursively" } else { "" },
+                    ),
+                );
+            }
+        }
         let name_span = raw.name.map(|n| n.span()).unwrap_or(here);
         Some((
             Rule {
@@ -453,6 +491,26 @@ impl Validator<'_> {
             _ => Some(Disposition::Keep),
         }
     }
+}
+
+/// Whether the rule watching `folder` would find files moved into `dir`
+/// again: `dir` is the folder itself, or lies in its recursive tree with no
+/// ignored folder name on the way (as the watcher walks it).
+fn takes_back(folder: &Path, recursive: bool, ignore: Option<&GlobSet>, dir: &Path) -> bool {
+    if dir == folder {
+        return true;
+    }
+    let Ok(rel) = dir.strip_prefix(folder) else {
+        return false;
+    };
+    let ignore = match ignore {
+        Some(set) if !set.is_empty() => set,
+        _ => crate::watcher::default_ignore(),
+    };
+    recursive
+        && !rel
+            .components()
+            .any(|c| ignore.is_match(Path::new(c.as_os_str())))
 }
 
 enum Disposition {

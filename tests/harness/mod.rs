@@ -749,3 +749,247 @@ impl Daemon {
         );
     }
 }
+
+// ---------------------------------------------------------------------------
+// Watch mode: the daemon running in-process with its real watcher, for the
+// end-to-end tests of folders, settling and rules (tests/watch_e2e.rs).
+// ---------------------------------------------------------------------------
+
+/// How long a watch-mode test waits for one outcome (a build event, a
+/// daemon start or stop). A healthy run needs a settle period, a two-second
+/// folder retry at most and a fraction of a second per build; the rest is
+/// room for a busy two-core machine.
+pub const WATCH_WAIT: Duration = Duration::from_secs(30);
+
+impl Setup {
+    /// Sets the daemon's `settle` (the default, "0s", suits `--once` runs on
+    /// files that are complete before the daemon starts).
+    pub fn settle(mut self, d: &'static str) -> Self {
+        self.settle = d;
+        self
+    }
+}
+
+impl Scenario {
+    /// The drop folder of app `i`'s rule.
+    pub fn folder(&self, i: usize) -> PathBuf {
+        self.dir.path().join("drops").join(app(i))
+    }
+
+    /// Sets `key = value` (`value` written as TOML) in the rule of app `i`,
+    /// replacing the key's line if the rule has one.
+    pub fn set_rule_key(&self, i: usize, key: &str, value: &str) {
+        let text = std::fs::read_to_string(&self.config).unwrap();
+        let start = text
+            .find(&format!("name = \"rule-{i}\"\n"))
+            .unwrap_or_else(|| panic!("no rule-{i} in the config"));
+        let end = text[start..]
+            .find("\n[[rule]]")
+            .map_or(text.len(), |e| start + e);
+        let prefix = format!("{key} = ");
+        let mut lines: Vec<String> = text[start..end].lines().map(str::to_owned).collect();
+        match lines.iter_mut().find(|l| l.starts_with(&prefix)) {
+            Some(line) => *line = format!("{prefix}{value}"),
+            None => lines.push(format!("{prefix}{value}")),
+        }
+        let edited = format!("{}{}\n{}", &text[..start], lines.join("\n"), &text[end..]);
+        std::fs::write(&self.config, edited).unwrap();
+    }
+
+    /// Starts the daemon in watch mode in-process on the current config and
+    /// returns once its event loop answers.
+    pub async fn watch(&self) -> Watching {
+        // A store the previous run in this process dropped a moment ago may
+        // still hold sled's lock; nothing has happened before the store is
+        // open, so starting again is safe.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let observer = patchkit_autopublish::observe::Observer::new();
+            let events = observer.subscribe();
+            let (commands, command_rx) = tokio::sync::mpsc::channel(8);
+            let (reloads, reload_rx) = tokio::sync::mpsc::channel(8);
+            let cancel = CancellationToken::new();
+            let opts = RunOptions {
+                once: false,
+                commands: Some(command_rx),
+                reloads: Some(reload_rx),
+                observer,
+            };
+            let task = tokio::spawn(daemon::run(self.load_config(), opts, cancel.clone()));
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            commands
+                .send(daemon::Command::Status(tx))
+                .await
+                .expect("the command channel is open until the daemon ends");
+            if let Ok(Ok(_)) = tokio::time::timeout(WATCH_WAIT, rx).await {
+                return Watching {
+                    cancel,
+                    task,
+                    events,
+                    commands,
+                    reloads,
+                    seen: Vec::new(),
+                };
+            }
+            cancel.cancel();
+            match tokio::time::timeout(WATCH_WAIT, task).await {
+                Ok(Ok(Err(DaemonError::Store(StoreError::Locked { .. }))))
+                    if Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(50)).await
+                }
+                other => panic!("the daemon did not start: {other:?}"),
+            }
+        }
+    }
+}
+
+/// The daemon running in watch mode in this process.
+pub struct Watching {
+    /// Stops it.
+    cancel: CancellationToken,
+    /// `daemon::run`.
+    task: tokio::task::JoinHandle<Result<(), DaemonError>>,
+    /// Its build events.
+    events: tokio::sync::broadcast::Receiver<patchkit_autopublish::observe::BuildEvent>,
+    /// Its control commands.
+    commands: tokio::sync::mpsc::Sender<daemon::Command>,
+    /// Its config reloads.
+    reloads: tokio::sync::mpsc::Sender<Result<Config, patchkit_autopublish::config::ConfigError>>,
+    /// Every build event received so far, in order.
+    pub seen: Vec<patchkit_autopublish::observe::BuildEvent>,
+}
+
+impl Watching {
+    /// The first build event matching `pred`, received before or within
+    /// [`WATCH_WAIT`]; fails the test naming `what` otherwise.
+    pub async fn event(
+        &mut self,
+        what: &str,
+        pred: impl Fn(&patchkit_autopublish::observe::BuildEvent) -> bool,
+    ) -> patchkit_autopublish::observe::BuildEvent {
+        use tokio::sync::broadcast::error::RecvError;
+        self.drain();
+        if let Some(event) = self.seen.iter().find(|e| pred(e)) {
+            return event.clone();
+        }
+        let deadline = tokio::time::Instant::now() + WATCH_WAIT;
+        loop {
+            match tokio::time::timeout_at(deadline, self.events.recv()).await {
+                Ok(Ok(event)) => {
+                    self.seen.push(event.clone());
+                    if pred(&event) {
+                        return event;
+                    }
+                }
+                Ok(Err(RecvError::Lagged(n))) => panic!("{n} build events were missed"),
+                Ok(Err(RecvError::Closed)) => panic!("the daemon ended before {what}"),
+                Err(_) => panic!(
+                    "no {what} within {WATCH_WAIT:?}; events so far:\n{}",
+                    self.history()
+                ),
+            }
+        }
+    }
+
+    /// Takes the events already waiting into `seen`, without waiting.
+    pub fn drain(&mut self) {
+        while let Ok(event) = self.events.try_recv() {
+            self.seen.push(event);
+        }
+    }
+
+    /// The events so far, one line each, for failure messages.
+    pub fn history(&self) -> String {
+        self.seen
+            .iter()
+            .map(|e| {
+                format!(
+                    "  {} {} {:?} {}",
+                    e.build.id,
+                    e.kind.as_str(),
+                    e.build.file.file_name().unwrap_or_default(),
+                    e.build.state
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// The build of the file at `path` once it is published.
+    pub async fn published(&mut self, path: &Path) -> Build {
+        use patchkit_autopublish::observe::EventKind;
+        let what = format!("publication of {}", path.display());
+        self.event(&what, |e| {
+            e.kind == EventKind::Published && e.build.file == path
+        })
+        .await
+        .build
+    }
+
+    /// The build of the file at `path` once it has failed.
+    pub async fn failed(&mut self, path: &Path) -> Build {
+        use patchkit_autopublish::observe::EventKind;
+        let what = format!("failure of {}", path.display());
+        self.event(&what, |e| {
+            e.kind == EventKind::Failed && e.build.file == path
+        })
+        .await
+        .build
+    }
+
+    /// The ids of the builds taken for the file at `path` so far.
+    pub fn builds_of(&mut self, path: &Path) -> Vec<BuildId> {
+        self.drain();
+        let mut ids: Vec<BuildId> = self
+            .seen
+            .iter()
+            .filter(|e| e.build.file == path)
+            .map(|e| e.build.id)
+            .collect();
+        ids.sort();
+        ids.dedup();
+        ids
+    }
+
+    /// The unfinished builds, as `status` shows them.
+    pub async fn status(&self) -> Vec<Build> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.commands
+            .send(daemon::Command::Status(tx))
+            .await
+            .expect("the daemon is running");
+        tokio::time::timeout(WATCH_WAIT, rx)
+            .await
+            .expect("the daemon answers status in time")
+            .expect("the daemon answers status")
+    }
+
+    /// Waits until the daemon has no unfinished build (polling `status`:
+    /// the sandbox may show a version published a moment before the
+    /// daemon records it).
+    pub async fn until_idle(&self) {
+        let deadline = Instant::now() + WATCH_WAIT;
+        while !self.status().await.is_empty() {
+            assert!(Instant::now() < deadline, "builds still unfinished");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Hands the daemon a reloaded config, as SIGHUP does.
+    pub async fn reload(&self, config: Result<Config, patchkit_autopublish::config::ConfigError>) {
+        self.reloads
+            .send(config)
+            .await
+            .expect("the daemon takes reloads while it runs");
+    }
+
+    /// Stops the daemon as SIGTERM does and waits for a clean end.
+    pub async fn stop(self) {
+        self.cancel.cancel();
+        match tokio::time::timeout(WATCH_WAIT, self.task).await {
+            Ok(Ok(Ok(()))) => {}
+            other => panic!("the daemon did not stop cleanly: {other:?}"),
+        }
+    }
+}
