@@ -793,6 +793,9 @@ impl Daemon {
         if let Some(rule) = self.config.rule(&build.rule) {
             dispose::finished(rule, build).await;
         }
+        if let Err(err) = self.store.mark_disposed(build.id, build.updated_at) {
+            tracing::warn!(build = %build.id, "cannot record the file's disposal: {err}");
+        }
     }
 
     /// A crash between a build's last transition and its file's disposal
@@ -805,7 +808,11 @@ impl Daemon {
             return;
         };
         for build in finished {
-            if matches!(build.state, BuildState::Cancelled { .. }) {
+            let done = self
+                .store
+                .is_disposed(build.id, build.updated_at)
+                .unwrap_or(true);
+            if matches!(build.state, BuildState::Cancelled { .. }) || done {
                 continue;
             }
             self.dispose(&build).await;

@@ -469,6 +469,15 @@ async fn files_are_deleted_moved_or_moved_with_an_error_note_as_the_rule_says() 
     assert!(note.contains("is not a ZIP archive"), "{note}");
     assert!(note.contains("What to do"), "{note}");
     assert!(note.contains("drop the fixed build"), "{note}");
+
+    // The note says to move the file back before `retry`: a restart in
+    // between must not move it away again.
+    std::fs::rename(failed.join("broken.zip"), &broken).unwrap();
+    let mut d = s.watch().await;
+    let sentinel = s.drop_zip(2, "sentinel", 1000);
+    d.published(&sentinel.path).await;
+    d.stop().await;
+    assert!(broken.exists(), "the file moved back was moved away again");
 }
 
 fn problem(text: &str) -> Problem {

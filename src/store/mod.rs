@@ -71,6 +71,7 @@ const CACHE_CAPACITY: u64 = 8 * 1024 * 1024;
 
 const SCHEMA_VERSION_KEY: &[u8] = b"schema_version";
 const SEQ_PREFIX: &[u8] = b"seq/";
+const DISPOSED_PREFIX: &[u8] = b"disposed/";
 
 /// Everything that can go wrong in the store.
 #[derive(Debug, thiserror::Error)]
@@ -621,7 +622,12 @@ impl Store {
                     }
                 });
             match outcome {
-                Ok(true) => pruned += 1,
+                Ok(true) => {
+                    pruned += 1;
+                    let mut disposed = DISPOSED_PREFIX.to_vec();
+                    disposed.extend_from_slice(&key);
+                    inner.meta.remove(disposed)?;
+                }
                 Ok(false) | Err(TransactionError::Abort(())) => {}
                 Err(TransactionError::Storage(e)) => return Err(e.into()),
             }
@@ -630,6 +636,30 @@ impl Store {
             inner.db.flush_async().await?;
         }
         Ok(pruned)
+    }
+
+    /// Records that the file of build `id`, as it ended at `updated_at`, was
+    /// dealt with (kept, moved or deleted), so a restart does not do it
+    /// again, e.g. to a file an operator moved back to retry it. Not a state
+    /// change: it lives in `meta`, beside the record.
+    pub fn mark_disposed(&self, id: BuildId, updated_at: u64) -> Result<(), StoreError> {
+        let mut key = DISPOSED_PREFIX.to_vec();
+        key.extend_from_slice(&id.to_key());
+        self.inner.meta.insert(key, &updated_at.to_be_bytes())?;
+        Ok(())
+    }
+
+    /// Whether the file of build `id` was dealt with when it ended at
+    /// `updated_at`.
+    pub fn is_disposed(&self, id: BuildId, updated_at: u64) -> Result<bool, StoreError> {
+        let mut key = DISPOSED_PREFIX.to_vec();
+        key.extend_from_slice(&id.to_key());
+        Ok(self
+            .inner
+            .meta
+            .get(key)?
+            .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
+            .is_some_and(|v| u64::from_be_bytes(v) == updated_at))
     }
 
     /// Waits until every write so far is on disk.
