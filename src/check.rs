@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use crate::config::{Config, ExistingDraft};
-use crate::control::{self, Request};
+use crate::control::{self, BuildRow, Request};
 use crate::patchkit::{Client, ErrorKind};
 use crate::store::Store;
 use crate::watcher::scan_folder;
@@ -63,7 +63,8 @@ pub async fn check(config: &Config) -> Report {
             return report;
         }
     };
-    let known = known_files(config).await;
+    let builds = known_builds(config).await;
+    let known = by_file(&builds);
     let mut key_works = true;
     for rule in &config.rules {
         let who = format!("rule {:?}", rule.name);
@@ -104,15 +105,27 @@ pub async fn check(config: &Config) -> Report {
                             "{who}: the app has draft version {} {:?}",
                             draft.id, draft.label
                         );
-                        match rule.existing_draft {
-                            ExistingDraft::Fail => report.warn(format!(
-                                "{what}; unless it is one of this daemon's own, the next build \
-                                 stops until it is published or deleted (or set existing_draft \
-                                 = \"take_over\")"
+                        let owner = builds
+                            .iter()
+                            .find(|b| b.app == rule.app_secret && b.version_id == Some(draft.id));
+                        match (owner.map(|b| b.state.as_str()), rule.existing_draft) {
+                            (Some("failed" | "cancelled"), _) => report.ok(format!(
+                                "{what}, left by this daemon's build {}; the next build \
+                                 reuses it",
+                                owner.map(|b| b.id.as_str()).unwrap_or_default()
                             )),
-                            ExistingDraft::TakeOver => report.warn(format!(
+                            (Some(state), _) if state != "draft" => report.ok(format!(
+                                "{what}, of this daemon's build {} ({state})",
+                                owner.map(|b| b.id.as_str()).unwrap_or_default()
+                            )),
+                            (_, ExistingDraft::TakeOver) => report.warn(format!(
                                 "{what}; the next build takes it over (existing_draft = \
                                  \"take_over\")"
+                            )),
+                            (_, ExistingDraft::Fail) => report.problem(format!(
+                                "{what}, and PatchKit allows one draft per app: the next build \
+                                 stops until it is published or deleted in the PatchKit panel \
+                                 (or set existing_draft = \"take_over\")"
                             )),
                         }
                     }
@@ -152,7 +165,7 @@ fn key_place(config: &Config) -> String {
 /// The files the store already has builds for, by path and size, with the
 /// build id: from the running daemon, or from the store when none runs (and
 /// only if it exists: `check` creates nothing).
-async fn known_files(config: &Config) -> HashMap<(PathBuf, u64), String> {
+async fn known_builds(config: &Config) -> Vec<BuildRow> {
     let dir = &config.daemon.state_dir;
     let rows = match control::ask(dir, &Request::Status { all: true }).await {
         Ok(Some(response)) if response.ok => response.builds,
@@ -165,8 +178,18 @@ async fn known_files(config: &Config) -> HashMap<(PathBuf, u64), String> {
         }
         _ => Vec::new(),
     };
-    rows.into_iter()
-        .map(|r| ((r.file, r.size_bytes), format!("{} ({})", r.id, r.state)))
+    rows
+}
+
+/// The known builds by file path and size, as "id (state)".
+fn by_file(rows: &[BuildRow]) -> HashMap<(PathBuf, u64), String> {
+    rows.iter()
+        .map(|r| {
+            (
+                (r.file.clone(), r.size_bytes),
+                format!("{} ({})", r.id, r.state),
+            )
+        })
         .collect()
 }
 

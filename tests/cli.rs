@@ -181,3 +181,31 @@ fn demo_once_publishes_the_sample_and_exits_0() {
     assert!(!out.contains("demo-key") && !err.contains("demo-key"));
     eprintln!("demo --once took {:?}", started.elapsed());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_reports_a_foreign_draft_in_the_way_per_policy() {
+    let s = Setup::new(1).start().await;
+    let draft = s.create_draft("app-0", "made-by-hand").await;
+
+    let (code, out, err) = check(&s);
+    assert_eq!(code, Some(2), "stdout:\n{out}\nstderr:\n{err}");
+    let line = out
+        .lines()
+        .find(|l| l.contains("made-by-hand"))
+        .unwrap_or_else(|| panic!("the draft is not named:\n{out}"));
+    assert!(line.starts_with("problem"), "{line}");
+    assert!(
+        line.contains(&format!("draft version {}", draft.id)),
+        "{line}"
+    );
+    assert!(line.contains("take_over"), "{line}");
+
+    s.set_rule_key(0, "existing_draft", r#""take_over""#);
+    let (code, out, err) = check(&s);
+    assert_eq!(code, Some(0), "stdout:\n{out}\nstderr:\n{err}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("warning") && l.contains("takes it over")),
+        "{out}"
+    );
+}
