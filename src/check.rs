@@ -167,7 +167,7 @@ fn key_place(config: &Config) -> String {
 /// only if it exists: `check` creates nothing).
 async fn known_builds(config: &Config) -> Vec<BuildRow> {
     let dir = &config.daemon.state_dir;
-    let rows = match control::ask(dir, &Request::Status { all: true }).await {
+    match control::ask(dir, &Request::Status { all: true }).await {
         Ok(Some(response)) if response.ok => response.builds,
         _ if dir.join("db").exists() => {
             let dir = dir.clone();
@@ -177,8 +177,7 @@ async fn known_builds(config: &Config) -> Vec<BuildRow> {
             }
         }
         _ => Vec::new(),
-    };
-    rows
+    }
 }
 
 /// The known builds by file path and size, as "id (state)".
