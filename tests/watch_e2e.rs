@@ -625,3 +625,35 @@ async fn a_done_folder_the_rule_watches_is_refused_and_an_ignored_one_publishes_
     let files: Vec<_> = s.builds().await.into_iter().map(|b| b.file).collect();
     assert_eq!(files, [first.path.clone(), sentinel.path.clone()]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn builds_dropped_while_stopped_reach_patchkit_oldest_first() {
+    let s = Setup::new(1).settle(SETTLE).start().await;
+    // Names sort the other way round from their ages.
+    let files = [
+        s.drop_zip(0, "c-oldest", 1000),
+        s.drop_zip(0, "b-middle", 1000),
+        s.drop_zip(0, "a-newest", 1000),
+    ];
+    let base = SystemTime::now() - Duration::from_secs(3600);
+    for (age, file) in files.iter().enumerate() {
+        std::fs::File::options()
+            .write(true)
+            .open(&file.path)
+            .unwrap()
+            .set_modified(base + Duration::from_secs(60 * age as u64))
+            .unwrap();
+    }
+    let mut d = s.watch().await;
+    for file in &files {
+        d.published(&file.path).await;
+    }
+    d.stop().await;
+    let labels: Vec<String> = s
+        .snapshot()
+        .versions(&app(0))
+        .iter()
+        .map(|v| v.label.clone())
+        .collect();
+    assert_eq!(labels, ["c-oldest", "b-middle", "a-newest"]);
+}

@@ -583,8 +583,13 @@ impl Engine {
         let due = Instant::now() + self.opts.settle;
         for (name, found) in results {
             match found {
-                Ok(files) => {
+                Ok(mut files) => {
                     debug!(rule = %name, files = files.len(), "scanned rule folder");
+                    // Settled together, they are emitted in this order: oldest
+                    // first, the best record of arrival for files dropped
+                    // while the daemon was down (builds of one app must reach
+                    // PatchKit in arrival order).
+                    files.sort_by(|a, b| (a.1.mtime, &a.0).cmp(&(b.1.mtime, &b.0)));
                     for (path, id) in files {
                         self.seen_by_scan(&name, path, id, due);
                     }
