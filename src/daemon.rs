@@ -789,13 +789,21 @@ impl Daemon {
     }
 
     /// Moves or deletes a finished build's file as its rule says.
+    ///
+    /// Runs beside the event loop: a move to another file system copies the
+    /// whole build, which must not hold up scheduling or the watchdog.
     async fn dispose(&self, build: &Build) {
-        if let Some(rule) = self.config.rule(&build.rule) {
-            dispose::finished(rule, build).await;
-        }
-        if let Err(err) = self.store.mark_disposed(build.id, build.updated_at) {
-            tracing::warn!(build = %build.id, "cannot record the file's disposal: {err}");
-        }
+        let rule = self.config.rule(&build.rule).cloned();
+        let store = self.store.clone();
+        let build = build.clone();
+        self.tracker.spawn(async move {
+            if let Some(rule) = rule {
+                dispose::finished(&rule, &build).await;
+            }
+            if let Err(err) = store.mark_disposed(build.id, build.updated_at) {
+                tracing::warn!(build = %build.id, "cannot record the file's disposal: {err}");
+            }
+        });
     }
 
     /// A crash between a build's last transition and its file's disposal

@@ -81,9 +81,15 @@ async fn move_into(file: &Path, dir: &Path) -> std::io::Result<PathBuf> {
     }
     match tokio::fs::rename(file, &target).await {
         Ok(()) => Ok(target),
-        // EXDEV: another file system. Copy, then remove the original.
+        // EXDEV: another file system. Copy under a temporary name (an
+        // interrupted copy never looks like the build), rename, then remove
+        // the original.
         Err(e) if e.raw_os_error() == Some(18) => {
-            tokio::fs::copy(file, &target).await?;
+            let mut partial = target.as_os_str().to_owned();
+            partial.push(".partial");
+            let partial = PathBuf::from(partial);
+            tokio::fs::copy(file, &partial).await?;
+            tokio::fs::rename(&partial, &target).await?;
             tokio::fs::remove_file(file).await?;
             Ok(target)
         }
