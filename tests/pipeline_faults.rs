@@ -199,6 +199,37 @@ async fn sigterm_mid_upload_exits_cleanly_and_the_restart_resumes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_sigterm_exits_at_once_and_the_restart_resumes() {
+    let s = Setup::new(1)
+        .shutdown_timeout("30s")
+        .sandbox(|c| c.faults(slow(100, 0)))
+        .start()
+        .await;
+    let file = s.drop_zip(0, "game-1.0", chunks(8));
+    let daemon = s.spawn(true, None);
+    until("a chunk", || s.snapshot().total(CHUNK_ROUTE) >= 1).await;
+    // From now on each request takes 3 s, so the first SIGTERM has a chunk
+    // in flight to wait for.
+    s.sb.set_faults(slow(3000, 0));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    daemon.signal("TERM");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let second = Instant::now();
+    daemon.signal("TERM");
+    let status = daemon.wait(Duration::from_secs(10)).await;
+    assert_eq!(status.code(), Some(1), "{status:?}\n{}", s.logs());
+    assert!(
+        second.elapsed() < Duration::from_secs(2),
+        "the second SIGTERM took {:?}",
+        second.elapsed()
+    );
+
+    s.sb.set_faults(FaultConfig::default());
+    s.run_child_ok().await;
+    s.assert_recovered(&file, 1, "after two SIGTERMs");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_daemon_on_the_same_state_dir_is_refused_naming_the_lock() {
     let s = Setup::new(1).start().await;
     let first = s.spawn(false, None);
