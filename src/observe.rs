@@ -226,11 +226,7 @@ impl Observer {
 
     /// Processing or publishing progress, 0..1.
     pub fn stage_progress(&self, id: BuildId, fraction: f64) {
-        self.update(id, |live| {
-            if live.progress != Some(fraction) {
-                live.progress = Some(fraction);
-            }
-        });
+        self.update(id, |live| live.progress = Some(fraction));
     }
 
     fn update(&self, id: BuildId, change: impl FnOnce(&mut Live)) {

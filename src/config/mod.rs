@@ -282,16 +282,6 @@ pub enum ExistingDraft {
     TakeOver,
 }
 
-impl ExistingDraft {
-    /// The config spelling.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ExistingDraft::Fail => "fail",
-            ExistingDraft::TakeOver => "take_over",
-        }
-    }
-}
-
 /// Limits that keep a typo from becoming an outage; each has its reason.
 mod limits {
     /// More workers than this only queue on PatchKit's side: each app runs

@@ -152,12 +152,6 @@ impl Client {
         })
     }
 
-    /// The retry policy this client uses, for callers that repeat calls the
-    /// client does not.
-    pub fn retry_policy(&self) -> RetryPolicy {
-        self.inner.retry
-    }
-
     /// `GET /1/apps/{secret}`.
     pub async fn get_app(&self, secret: &str) -> Result<App, ApiError> {
         let url = self.api(&["apps", secret]);

@@ -22,8 +22,9 @@
 //! - `by_identity`: `FileIdentity::dedupe_key` -> build id.
 //! - `by_app`: app secret (length-prefixed) + build id -> empty, per-app
 //!   arrival order.
-//! - `meta`: `schema_version` (ASCII decimal) and `seq/<rule>` counters
-//!   (u64 big-endian).
+//! - `meta`: `schema_version` (ASCII decimal), `seq/<rule>` counters
+//!   (u64 big-endian) and `disposed/<build id>` (the `updated_at` at which
+//!   the build's file was dealt with, so a restart does not do it twice).
 //!
 //! # Blocking
 //! sled works from its page cache, and the records are small and few, so the
