@@ -12,7 +12,7 @@ use crate::config::{Config, ExistingDraft};
 use crate::control::{self, BuildRow, Request};
 use crate::patchkit::{Client, ErrorKind};
 use crate::store::Store;
-use crate::watcher::scan_folder;
+use crate::watcher::{Take, scan_folder};
 
 /// What `check` found.
 #[derive(Debug, Default)]
@@ -198,24 +198,25 @@ fn files_now(
     rule: &crate::config::Rule,
     known: &HashMap<(PathBuf, u64), String>,
 ) {
-    let mut spec = crate::watcher::WatchSpec::new(&rule.name, &rule.folder, rule.matcher.clone());
-    spec.recursive = rule.recursive;
-    if let Some(ignore) = &rule.ignore {
-        spec.ignore = ignore.clone();
-    }
+    let spec = rule.watch_spec();
     match scan_folder(&spec) {
         Ok(files) => {
-            let taken: Vec<_> = files
+            let (taken, refused): (Vec<_>, Vec<_>) = files
                 .iter()
-                .filter(|(path, _)| {
-                    path.file_name()
-                        .and_then(|n| n.to_str())
-                        .is_some_and(|n| rule.matches(n))
-                })
-                .collect();
+                .map(|(id, take)| ((&id.path, id), *take))
+                .partition(|(_, take)| *take == Take::Yes);
+            let taken: Vec<_> = taken.into_iter().map(|(file, _)| file).collect();
+            for ((path, _), _) in &refused {
+                report.warn(format!(
+                    "{who}: {} matches {:?} but not filename_regex, so it is not taken; rename \
+                     it or change the rule",
+                    display_name(path, &rule.folder),
+                    rule.pattern
+                ));
+            }
             let new = taken
                 .iter()
-                .filter(|(path, id)| !known.contains_key(&(path.clone(), id.size)))
+                .filter(|(path, id)| !known.contains_key(&((*path).clone(), id.size)))
                 .count();
             report.ok(format!(
                 "{who}: folder {} has {} build file(s) matching {:?}, {new} not yet taken",

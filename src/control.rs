@@ -21,11 +21,10 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::daemon::Command;
+use crate::clock::now_ms;
 use crate::observe::Observer;
 use crate::state::BuildState;
 use crate::store::{Build, BuildId, ListFilter, Store, StoreError};
-use crate::worker::now_ms;
 
 /// The socket's file name in the state directory.
 pub const SOCKET_NAME: &str = "control.sock";
@@ -33,6 +32,55 @@ pub const SOCKET_NAME: &str = "control.sock";
 /// Finished builds younger than this are shown by `status` without
 /// `--all`: what happened today is what an operator asks about.
 const RECENT: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// A request to the running daemon.
+#[derive(Debug)]
+pub enum ControlCommand {
+    /// Start a failed build again, from a fresh upload.
+    Retry(BuildId, oneshot::Sender<Result<Build, ControlError>>),
+    /// Stop a build for good.
+    Cancel(BuildId, oneshot::Sender<Result<Build, ControlError>>),
+    /// Every build the daemon knows is unfinished, and which are running.
+    Status(oneshot::Sender<Vec<Build>>),
+}
+
+/// Why a control command was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("there is no build {0}; `patchkit-autopublish status --all` lists them")]
+    Unknown(BuildId),
+    #[error("build {id} is {state}, not failed; only a failed build can be retried")]
+    NotFailed { id: BuildId, state: &'static str },
+    #[error("build {id} is already {state}; there is nothing to cancel")]
+    Finished { id: BuildId, state: &'static str },
+    #[error("{0}")]
+    Store(#[from] StoreError),
+}
+
+/// Retries a failed build in the store (the daemon's loop, or the CLI
+/// when no daemon runs). A build with a known version reuses it with a fresh upload.
+pub async fn retry_build(store: &Store, id: BuildId) -> Result<Build, ControlError> {
+    let build = store.get(id)?.ok_or(ControlError::Unknown(id))?;
+    let next = build.state.retry().map_err(|_| ControlError::NotFailed {
+        id,
+        state: build.state.name(),
+    })?;
+    let build = store.transition(id, &build.state, next).await?;
+    Ok(store.clear_attempts(id, &build.state).await?)
+}
+
+/// Cancels a build in the store; no worker may be running it.
+pub async fn cancel_build(store: &Store, id: BuildId) -> Result<Build, ControlError> {
+    let build = store.get(id)?.ok_or(ControlError::Unknown(id))?;
+    let next = build
+        .state
+        .cancelled()
+        .map_err(|_| ControlError::Finished {
+            id,
+            state: build.state.name(),
+        })?;
+    Ok(store.transition(id, &build.state, next).await?)
+}
 
 /// A request on the socket.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -171,7 +219,7 @@ pub async fn serve(
     state_dir: &Path,
     store: Store,
     observer: Observer,
-    commands: mpsc::Sender<Command>,
+    commands: mpsc::Sender<ControlCommand>,
     cancel: CancellationToken,
 ) -> std::io::Result<tokio::task::JoinHandle<()>> {
     let path = socket_path(state_dir);
@@ -212,7 +260,7 @@ async fn answer(
     stream: UnixStream,
     store: &Store,
     observer: &Observer,
-    commands: &mpsc::Sender<Command>,
+    commands: &mpsc::Sender<ControlCommand>,
 ) -> std::io::Result<()> {
     let (read, mut write) = stream.into_split();
     let mut lines = BufReader::new(read).lines();
@@ -232,7 +280,7 @@ async fn handle(
     request: Request,
     store: &Store,
     observer: &Observer,
-    commands: &mpsc::Sender<Command>,
+    commands: &mpsc::Sender<ControlCommand>,
 ) -> Response {
     match request {
         Request::Status { all } => match status_rows(store, Some(observer), all) {
@@ -250,18 +298,23 @@ async fn handle(
         }
         Request::Retry { build } => {
             let id = build.parse().expect("checked above");
-            command(commands, |reply| Command::Retry(id, reply), observer).await
+            command(commands, |reply| ControlCommand::Retry(id, reply), observer).await
         }
         Request::Cancel { build } => {
             let id = build.parse().expect("checked above");
-            command(commands, |reply| Command::Cancel(id, reply), observer).await
+            command(
+                commands,
+                |reply| ControlCommand::Cancel(id, reply),
+                observer,
+            )
+            .await
         }
     }
 }
 
 async fn command(
-    commands: &mpsc::Sender<Command>,
-    make: impl FnOnce(oneshot::Sender<Result<Build, crate::daemon::ControlError>>) -> Command,
+    commands: &mpsc::Sender<ControlCommand>,
+    make: impl FnOnce(oneshot::Sender<Result<Build, ControlError>>) -> ControlCommand,
     observer: &Observer,
 ) -> Response {
     let (tx, rx) = oneshot::channel();

@@ -1,39 +1,41 @@
-//! The daemon: one event loop that turns watcher events, finished workers,
-//! control commands and timers into work.
+//! The daemon: a thin async shell around the scheduler core.
 //!
 //! [`run`] opens the store (failing at once if another daemon has the state
-//! directory), reads the key, starts the watcher and drives every unfinished
-//! build, oldest first. Each trigger of work is one variant of [`Event`],
-//! handled in one `match`. Builds of one app run strictly one at a time in
-//! arrival order (PatchKit allows one draft per app); at most `workers`
-//! builds run at once. Shutdown stops new work, lets in-flight chunk
-//! requests finish within `shutdown_timeout`, flushes the store and returns.
+//! directory), reads the key, starts the watcher and feeds every trigger of
+//! work, one variant of [`Event`] in one `match`, to the pure
+//! [`Scheduler`] as its inputs; then it carries out the actions the
+//! scheduler returns (start or stop a worker, cancel a build, read the key
+//! again, exit). Shutdown stops new work, lets in-flight chunk requests
+//! finish within `shutdown_timeout`, flushes the store and returns.
 //!
-//! Knows the config, the store, the watcher and the worker; it never talks
-//! HTTP itself and never writes a build record except through
-//! `Store::transition` (cancel, retry) and `intake::enqueue`.
+//! Knows the config, the store, the watcher, the workers and the observers;
+//! it makes no file decision (the watcher does), no scheduling decision
+//! (the scheduler does), never talks HTTP itself, and never writes a build
+//! record except through `intake::enqueue` and the control functions.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
-use std::path::{Path, PathBuf};
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::archive::ArchiveError;
+use crate::clock::{millis, now_ms};
 use crate::config::{Config, ConfigError, KeyError, KeyOrigin, Rule};
+use crate::control::{ControlCommand, ControlError, cancel_build, retry_build};
 use crate::dispose;
-use crate::intake::{self, IntakeError};
+use crate::intake;
 use crate::observe::Observer;
 use crate::patchkit::{ApiKey, BuildError, Client, RetryPolicy};
+use crate::scheduler::{Action, Exit, Input, ReplyId, Scheduler, Waiting, WorkerEnded};
 use crate::stages::StageCtx;
-use crate::state::BuildState;
+use crate::state::{Arrival, BuildState};
 use crate::store::{Build, BuildId, Enqueued, Store, StoreError};
+use crate::systemd::Systemd;
 use crate::watcher::{
-    FileId, WatchError, WatchEvent, WatchOptions, WatchSpec, Watcher, WatcherHandle,
+    Candidate, WatchError, WatchEvent, WatchOptions, WatchSpec, Watcher, WatcherHandle,
 };
-use crate::worker::{Outcome, drive, now_ms};
+use crate::worker::{WorkerEnd, drive};
 
 /// While builds run, systemd's STATUS line is refreshed this often: often
 /// enough that `systemctl status` shows live progress, rarely enough to cost
@@ -50,36 +52,12 @@ pub struct RunOptions {
     /// instead of watching.
     pub once: bool,
     /// Control commands (the status socket, tests).
-    pub commands: Option<mpsc::Receiver<Command>>,
+    pub commands: Option<mpsc::Receiver<ControlCommand>>,
     /// Config reloads (SIGHUP): each message is a freshly loaded config.
     pub reloads: Option<mpsc::Receiver<Result<Config, ConfigError>>>,
     /// Where progress, counters and build events go; subscribe before
     /// `run` to see every event.
     pub observer: Observer,
-}
-
-/// A request to the running daemon.
-#[derive(Debug)]
-pub enum Command {
-    /// Start a failed build again, from a fresh upload.
-    Retry(BuildId, oneshot::Sender<Result<Build, ControlError>>),
-    /// Stop a build for good.
-    Cancel(BuildId, oneshot::Sender<Result<Build, ControlError>>),
-    /// Every build the daemon knows is unfinished, and which are running.
-    Status(oneshot::Sender<Vec<Build>>),
-}
-
-/// Why a control command was refused.
-#[derive(Debug, thiserror::Error)]
-pub enum ControlError {
-    #[error("there is no build {0}; `patchkit-autopublish status --all` lists them")]
-    Unknown(BuildId),
-    #[error("build {id} is {state}, not failed; only a failed build can be retried")]
-    NotFailed { id: BuildId, state: &'static str },
-    #[error("build {id} is already {state}; there is nothing to cancel")]
-    Finished { id: BuildId, state: &'static str },
-    #[error("{0}")]
-    Store(#[from] StoreError),
 }
 
 /// Why the daemon could not start or had to stop.
@@ -100,31 +78,11 @@ pub enum DaemonError {
          credential) and run again: the builds resume where they stopped"
     )]
     KeyRefused,
-}
-
-/// Retries a failed build from the store directly (the daemon is not
-/// running). A build with a known version reuses it with a fresh upload.
-pub async fn retry_build(store: &Store, id: BuildId) -> Result<Build, ControlError> {
-    let build = store.get(id)?.ok_or(ControlError::Unknown(id))?;
-    let next = build.state.retry().map_err(|_| ControlError::NotFailed {
-        id,
-        state: build.state.name(),
-    })?;
-    let build = store.transition(id, &build.state, next).await?;
-    Ok(store.clear_attempts(id, &build.state).await?)
-}
-
-/// Cancels a build that no worker is running.
-pub async fn cancel_build(store: &Store, id: BuildId) -> Result<Build, ControlError> {
-    let build = store.get(id)?.ok_or(ControlError::Unknown(id))?;
-    let next = build
-        .state
-        .cancelled()
-        .map_err(|_| ControlError::Finished {
-            id,
-            state: build.state.name(),
-        })?;
-    Ok(store.transition(id, &build.state, next).await?)
+    #[error(
+        "{failed} of {total} builds failed in this run; `patchkit-autopublish status --all` shows \
+         why, `retry ID` runs one again"
+    )]
+    BuildsFailed { failed: usize, total: usize },
 }
 
 /// One trigger of work.
@@ -132,23 +90,15 @@ enum Event {
     /// The watcher saw something.
     Watch(WatchEvent),
     /// A worker ended.
-    Done(BuildId, Box<Outcome>),
+    WorkerEnded(BuildId, Box<WorkerEnd>),
     /// A control request.
-    Command(Command),
+    Command(ControlCommand),
     /// A reloaded config (or why it could not be loaded).
     Reload(Box<Result<Config, ConfigError>>),
-    /// A retry time or the key pause passed.
+    /// A timer: a retry time, the key pause, the status line, the watchdog.
     Tick,
     /// Shutdown was requested.
     Shutdown,
-}
-
-/// A build a worker is driving.
-struct Running {
-    app: String,
-    cancel: CancellationToken,
-    /// Cancel requests waiting for the worker to stop.
-    cancel_replies: Vec<oneshot::Sender<Result<Build, ControlError>>>,
 }
 
 struct Daemon {
@@ -157,28 +107,34 @@ struct Daemon {
     client: Client,
     key: ApiKey,
     key_origin: KeyOrigin,
-    /// Unfinished builds by id (arrival order): the daemon's work list.
-    pending: BTreeMap<BuildId, Build>,
-    running: HashMap<BuildId, Running>,
+    /// Which builds run when.
+    core: Scheduler,
+    /// Arrivals of the builds taken in this run (first sight included);
+    /// builds from the store fall back to their mtime and enqueue time.
+    arrivals: HashMap<BuildId, Arrival>,
+    /// The running workers' stop switches.
+    workers: HashMap<BuildId, CancellationToken>,
     tracker: TaskTracker,
-    done_tx: mpsc::UnboundedSender<(BuildId, Outcome)>,
-    /// While PatchKit refuses the key: no build starts before this (Unix ms).
-    key_paused_until: Option<u64>,
+    done_tx: mpsc::UnboundedSender<(BuildId, WorkerEnd)>,
+    /// Cancel requests waiting for their answer.
+    replies: HashMap<ReplyId, oneshot::Sender<Result<Build, ControlError>>>,
+    next_reply: ReplyId,
     cancel: CancellationToken,
-    /// Files refused by their rule's `filename_regex`, with the rule: each
-    /// is reported once, and looked at again after a reload.
-    reported: HashMap<PathBuf, String>,
     observer: Observer,
     /// Builds already reported stuck, so each is reported once per stall.
     stuck: HashSet<BuildId>,
-    /// Files that looked like unfinished copies: when to look again.
-    incomplete: Vec<(u64, String, PathBuf, FileId)>,
     /// When old finished records were last pruned (Unix ms).
     last_prune: u64,
+    /// Why the run ends, once the scheduler says so.
+    exit: Option<Exit>,
+    /// `--once`: take what is there, finish, exit.
+    once: bool,
+    /// With `once`, the builds that ended in this run, for the summary.
+    ended: Vec<Build>,
 }
 
-/// Runs the daemon until `cancel` fires (or, with `once`, until every build
-/// is finished).
+/// Runs the daemon until `cancel` fires (or, with `once`, until every file
+/// found is taken and every build is finished).
 pub async fn run(
     config: Config,
     mut opts: RunOptions,
@@ -191,40 +147,57 @@ pub async fn run(
     let (key, key_origin) = config.patchkit.load_key()?;
     tracing::info!(origin = %key_origin, "API key read");
     let client = Client::new(config.patchkit.client_options(key.clone()))?;
+    let observer = opts.observer.clone();
+    let unfinished = store.unfinished()?;
+    observer.load(unfinished.iter().cloned());
+    {
+        let observer = observer.clone();
+        store.on_change(move |build| observer.state_changed(build));
+    }
     let (done_tx, mut done_rx) = mpsc::unbounded_channel();
     let mut daemon = Daemon {
-        pending: store.unfinished()?.into_iter().map(|b| (b.id, b)).collect(),
+        core: Scheduler::new(
+            config.daemon.workers,
+            opts.once,
+            millis(config.daemon.auth_retry),
+        ),
         config,
         store,
         client,
         key,
         key_origin,
-        running: HashMap::new(),
+        arrivals: HashMap::new(),
+        workers: HashMap::new(),
         tracker: TaskTracker::new(),
         done_tx,
-        key_paused_until: None,
+        replies: HashMap::new(),
+        next_reply: 0,
         cancel: cancel.clone(),
-        reported: HashMap::new(),
-        observer: opts.observer.clone(),
+        observer,
         stuck: HashSet::new(),
-        incomplete: Vec::new(),
         last_prune: 0,
+        exit: None,
+        once: opts.once,
+        ended: Vec::new(),
     };
     daemon.dispose_leftovers().await;
     daemon.prune().await;
+    let loaded: Vec<Input> = unfinished
+        .iter()
+        .map(|b| Input::Waiting(daemon.waiting(b)))
+        .collect();
+    let unfinished = loaded.len();
 
     let watcher_cancel = cancel.child_token();
-    let (watcher, mut watch_rx) = if opts.once {
-        daemon.take_folder_contents().await;
-        (None, None)
-    } else {
-        let (handle, rx) = Watcher::start(
-            watch_specs(&daemon.config.rules),
-            watch_options(&daemon.config),
-            watcher_cancel.clone(),
-        )?;
-        (Some(handle), Some(rx))
-    };
+    let (watcher, mut watch_rx) = Watcher::start(
+        daemon.watch_specs(),
+        WatchOptions {
+            settle: daemon.config.daemon.settle,
+            rescan: daemon.config.daemon.rescan,
+            drain: opts.once,
+        },
+        watcher_cancel.clone(),
+    )?;
     let mut commands = opts.commands.take();
     let mut reloads = opts.reloads.take();
     let (socket_tx, socket_rx) = mpsc::channel(16);
@@ -237,7 +210,7 @@ pub async fn run(
         watcher_cancel.clone(),
     )
     .await?;
-    let mut notifier = crate::notify::spawn(
+    let mut notifier = crate::webhook::spawn(
         daemon.config.notify.clone(),
         &daemon.observer,
         watcher_cancel.clone(),
@@ -257,72 +230,68 @@ pub async fn run(
     systemd.ready();
     tracing::info!(
         rules = daemon.config.rules.len(),
-        unfinished = daemon.pending.len(),
+        unfinished,
         workers = daemon.config.daemon.workers,
         "daemon running"
     );
 
-    let mut result = Ok(());
-    loop {
-        // With --once there is nobody to fix the key while we wait.
-        if opts.once && daemon.key_paused_until.is_some() && daemon.running.is_empty() {
-            result = Err(DaemonError::KeyRefused);
-            break;
-        }
-        let wake = daemon.schedule();
-        daemon.observer.set_unfinished(daemon.pending.values());
-        let wake = daemon.check_stuck(wake);
-        systemd.status(&daemon);
+    let actions = daemon.core.handle(now_ms(), loaded);
+    daemon.carry_out(actions).await;
+    let mut watch_open = true;
+    while daemon.exit.is_none() {
+        let mut wake = daemon.check_stuck(daemon.core.next_wake());
+        systemd.status(daemon.status_line());
         // Progress moves without events: refresh the status line while
         // builds run.
-        let wake = if daemon.running.is_empty() {
-            wake
-        } else {
-            let at = now_ms() + millis(STATUS_REFRESH);
-            Some(wake.map_or(at, |w| w.min(at)))
-        };
+        if daemon.core.running_count() > 0 {
+            wake = earliest(wake, now_ms() + millis(STATUS_REFRESH));
+        }
         // The watchdog is fed from this loop, so a wedged loop trips it.
-        let wake = match watchdog {
-            Some(interval) => {
-                systemd.watchdog(interval);
-                let at = now_ms() + millis(interval / 2);
-                Some(wake.map_or(at, |w| w.min(at)))
-            }
-            None => wake,
-        };
-        if opts.once && daemon.pending.is_empty() && daemon.running.is_empty() {
-            break;
+        if let Some(interval) = watchdog {
+            systemd.watchdog(interval);
+            wake = earliest(wake, now_ms() + millis(interval / 2));
         }
         let sleep = wake.map(|at| Duration::from_millis(at.saturating_sub(now_ms())));
         let event = tokio::select! {
             biased;
             _ = cancel.cancelled() => Event::Shutdown,
-            Some((id, outcome)) = done_rx.recv() => Event::Done(id, Box::new(outcome)),
+            Some((id, end)) = done_rx.recv() => Event::WorkerEnded(id, Box::new(end)),
             Some(cmd) = recv(&mut commands) => Event::Command(cmd),
             Some(cmd) = recv(&mut socket_rx) => Event::Command(cmd),
             Some(reload) = recv(&mut reloads) => Event::Reload(Box::new(reload)),
-            Some(ev) = recv(&mut watch_rx) => Event::Watch(ev),
+            ev = watch_rx.recv(), if watch_open => match ev {
+                Some(ev) => Event::Watch(ev),
+                None => {
+                    // The watcher stopped (drained, or cancelled).
+                    watch_open = false;
+                    Event::Tick
+                }
+            },
             _ = sleep_for(sleep) => Event::Tick,
         };
-        match event {
-            Event::Shutdown => break,
-            Event::Done(id, outcome) => daemon.finished(id, *outcome).await,
+        let inputs = match event {
+            Event::Shutdown => vec![Input::Shutdown],
+            Event::WorkerEnded(id, end) => daemon.worker_ended(id, *end).await,
             Event::Command(cmd) => daemon.command(cmd).await,
             Event::Reload(reload) => {
-                if daemon.reload(*reload, watcher.as_ref()).await {
-                    crate::notify::update(
+                if daemon.reload(*reload, &watcher) {
+                    crate::webhook::update(
                         &mut notifier,
                         daemon.config.notify.clone(),
                         &daemon.observer,
                         &watcher_cancel,
                     );
                 }
+                Vec::new()
             }
             Event::Watch(ev) => daemon.watch_event(ev).await,
-            Event::Tick => {
-                daemon.key_pause_over().await;
-                daemon.recheck_incomplete().await;
-            }
+            Event::Tick => Vec::new(),
+        };
+        let shutdown = inputs.contains(&Input::Shutdown);
+        let actions = daemon.core.handle(now_ms(), inputs);
+        daemon.carry_out(actions).await;
+        if shutdown {
+            break;
         }
     }
 
@@ -343,10 +312,17 @@ pub async fn run(
     if let Some(metrics) = metrics {
         let _ = metrics.await;
     }
-    if let Some(watcher) = watcher {
-        watcher.stopped().await;
+    watcher.stopped().await;
+    match daemon.exit {
+        // With --once there is nobody to fix the key while we wait.
+        Some(Exit::KeyRefused) => Err(DaemonError::KeyRefused),
+        Some(Exit::Drained) => daemon.summary(),
+        _ => Ok(()),
     }
-    result
+}
+
+fn earliest(wake: Option<u64>, at: u64) -> Option<u64> {
+    Some(wake.map_or(at, |w| w.min(at)))
 }
 
 async fn recv<T>(rx: &mut Option<mpsc::Receiver<T>>) -> Option<T> {
@@ -363,75 +339,71 @@ async fn sleep_for(delay: Option<Duration>) {
     }
 }
 
-/// The watcher's view of the rules.
-fn watch_specs(rules: &[Rule]) -> Vec<WatchSpec> {
-    rules
-        .iter()
-        .map(|rule| {
-            let mut spec = WatchSpec::new(&rule.name, &rule.folder, rule.matcher.clone());
-            spec.recursive = rule.recursive;
-            spec.poll = rule.poll;
-            if let Some(ignore) = &rule.ignore {
-                spec.ignore = ignore.clone();
-            }
-            spec
-        })
-        .collect()
-}
-
-fn watch_options(config: &Config) -> WatchOptions {
-    WatchOptions {
-        settle: config.daemon.settle,
-        rescan: config.daemon.rescan,
-    }
-}
-
 impl Daemon {
-    /// Starts every build that may run now and returns when the next one
-    /// waiting for a retry time may (Unix ms).
-    fn schedule(&mut self) -> Option<u64> {
-        let now = now_ms();
-        let mut busy: HashSet<String> = self.running.values().map(|r| r.app.clone()).collect();
-        let mut wake: Option<u64> = self.incomplete.iter().map(|(at, ..)| *at).min();
-        if let Some(until) = self.key_paused_until
-            && until > now
-        {
-            return Some(wake.map_or(until, |w| w.min(until)));
-        }
-        let mut start = Vec::new();
-        for (id, build) in &self.pending {
-            if self.running.contains_key(id) || !busy.insert(build.app_secret.clone()) {
-                // This app already has its oldest unfinished build going (or
-                // waiting); the rest wait their turn.
-                continue;
-            }
-            if let Some(at) = build.next_attempt_at.filter(|at| *at > now) {
-                wake = Some(wake.map_or(at, |w| w.min(at)));
-                continue;
-            }
-            if self.running.len() + start.len() >= self.config.daemon.workers {
-                break;
-            }
-            start.push(*id);
-        }
-        for id in start {
-            self.start(id);
-        }
-        wake
+    /// The watcher's view of the rules.
+    fn watch_specs(&self) -> Vec<WatchSpec> {
+        self.config.rules.iter().map(Rule::watch_spec).collect()
     }
 
-    fn start(&mut self, id: BuildId) {
-        let Some(build) = self.pending.get(&id).cloned() else {
-            return;
+    /// What the scheduler needs of a build.
+    fn waiting(&self, build: &Build) -> Waiting {
+        Waiting {
+            id: build.id,
+            app: build.app_secret.clone(),
+            arrival: self.arrivals.get(&build.id).copied().unwrap_or(Arrival {
+                mtime_ns: build.identity.mtime_ns,
+                seen_at: build.enqueued_at,
+            }),
+            holds_app: build.state.holds_app(),
+            not_before: build.next_attempt_at,
+        }
+    }
+
+    /// Carries out what the scheduler decided.
+    async fn carry_out(&mut self, actions: Vec<Action>) {
+        for action in actions {
+            match action {
+                Action::Start(id) => self.start(id).await,
+                Action::Stop(id) => {
+                    if let Some(stop) = self.workers.get(&id) {
+                        stop.cancel();
+                    }
+                }
+                Action::Cancel { id, replies } => self.cancel_stored(id, replies).await,
+                Action::ReadKeyAgain => {
+                    self.refresh_key();
+                    tracing::info!("trying the API key again");
+                }
+                Action::Exit(why) => self.exit = Some(why),
+            }
+        }
+    }
+
+    async fn start(&mut self, id: BuildId) {
+        // The freshest record: the store's.
+        let build = match self.store.get(id) {
+            Ok(Some(build)) => build,
+            Ok(None) => {
+                tracing::warn!(build = %id, "the build's record is gone; it is not started");
+                return;
+            }
+            Err(err) => {
+                tracing::error!(build = %id, "cannot read the build: {err}");
+                let _ = self.done_tx.send((id, WorkerEnd::StoreFailed(id, err)));
+                return;
+            }
         };
         let cancel = self.cancel.child_token();
         let rule = self.config.rule(&build.rule);
+        let settle = rule
+            .and_then(|r| r.settle)
+            .unwrap_or(self.config.daemon.settle);
         let ctx = StageCtx {
             store: self.store.clone(),
             client: self.client.clone(),
             chunk_size: self.config.daemon.chunk_size,
             poll_interval: self.config.daemon.poll_interval,
-            settle: self.config.daemon.settle,
+            settle,
             existing_draft: Default::default(),
             rule_name: build.rule.clone(),
             cancel: cancel.clone(),
@@ -445,17 +417,10 @@ impl Daemon {
             build = %id, rule = %build.rule, label = %build.label,
             state = %build.state.name(), "working on build"
         );
-        self.running.insert(
-            id,
-            Running {
-                app: build.app_secret.clone(),
-                cancel,
-                cancel_replies: Vec::new(),
-            },
-        );
+        self.workers.insert(id, cancel);
         self.tracker.spawn(async move {
-            let outcome = drive(ctx, build, retry, key_retry).await;
-            let _ = done.send((id, outcome));
+            let end = drive(ctx, build, retry, key_retry).await;
+            let _ = done.send((id, end));
         });
     }
 
@@ -469,194 +434,206 @@ impl Daemon {
         }
     }
 
-    async fn finished(&mut self, id: BuildId, outcome: Outcome) {
-        let running = self.running.remove(&id);
-        match outcome {
-            Outcome::Finished(build) => {
-                self.pending.remove(&id);
-                self.dispose(&build).await;
-                self.prune().await;
-            }
-            Outcome::Retry(build) => {
-                self.pending.insert(id, build);
-            }
-            Outcome::KeyRefused(build) => {
-                self.pending.insert(id, build);
-                let until = now_ms() + millis(self.config.daemon.auth_retry);
-                self.key_paused_until = Some(self.key_paused_until.map_or(until, |u| u.max(until)));
-            }
-            Outcome::Stopped(_) => {
-                if let Ok(Some(build)) = self.store.get(id) {
-                    self.pending.insert(id, build);
+    async fn worker_ended(&mut self, id: BuildId, end: WorkerEnd) -> Vec<Input> {
+        self.workers.remove(&id);
+        let ended = match end {
+            WorkerEnd::Finished(build) => {
+                // A retry may have come in between the worker's last write
+                // and this: then the file stays for the retried build.
+                let retried =
+                    matches!(self.store.get(id), Ok(Some(now)) if !now.state.is_terminal());
+                if !retried {
+                    self.finished(&build).await;
                 }
+                WorkerEnded::Finished
             }
-            Outcome::StoreFailed(_, err) => {
+            WorkerEnd::Retry(build) => WorkerEnded::Again(self.waiting(&build)),
+            WorkerEnd::KeyRefused(build) => WorkerEnded::KeyRefused(self.waiting(&build)),
+            WorkerEnd::Stopped(_) => match self.store.get(id) {
+                Ok(Some(build)) if !build.state.is_terminal() => {
+                    WorkerEnded::Again(self.waiting(&build))
+                }
+                _ => WorkerEnded::Finished,
+            },
+            WorkerEnd::StoreFailed(_, err) => {
                 tracing::error!(
                     build = %id,
                     "the build store could not be written: {err}; the build is kept as last \
                      recorded and tried again in a minute. Check the disk under {}",
                     self.store.dir().display()
                 );
-                if let Ok(Some(mut build)) = self.store.get(id) {
-                    build.next_attempt_at = Some(now_ms() + 60_000);
-                    self.pending.insert(id, build);
+                match self.store.get(id) {
+                    Ok(Some(mut build)) => {
+                        build.next_attempt_at = Some(now_ms() + 60_000);
+                        WorkerEnded::Again(self.waiting(&build))
+                    }
+                    _ => WorkerEnded::Finished,
                 }
             }
-        }
-        // Cancel requests waited for the worker to stop.
-        if let Some(running) = running
-            && !running.cancel_replies.is_empty()
-        {
-            let result = cancel_build(&self.store, id).await;
-            if let Ok(build) = &result {
-                self.pending.remove(&id);
-                self.observer.state_changed(build);
-                self.dispose(build).await;
-            }
-            let mut replies = running.cancel_replies.into_iter();
-            if let Some(first) = replies.next() {
-                let _ = first.send(result);
-            }
-            // Repeated requests for the same build see where it ended up.
-            for reply in replies {
-                let _ = reply.send(
-                    self.store
-                        .get(id)
-                        .map_err(ControlError::from)
-                        .and_then(|b| b.ok_or(ControlError::Unknown(id))),
-                );
-            }
-        }
+        };
+        vec![Input::WorkerEnded(id, ended)]
     }
 
-    async fn command(&mut self, cmd: Command) {
+    /// `--once`'s last words: one line per build that ended in the run,
+    /// and an error when any of them failed, so the CI step that ran it
+    /// fails too.
+    fn summary(&self) -> Result<(), DaemonError> {
+        for build in &self.ended {
+            tracing::info!(
+                build = %build.id, rule = %build.rule, label = %build.label,
+                "run summary: {}", build.state
+            );
+        }
+        let failed = self
+            .ended
+            .iter()
+            .filter(|b| matches!(b.state, BuildState::Failed { .. }))
+            .count();
+        if failed > 0 {
+            return Err(DaemonError::BuildsFailed {
+                failed,
+                total: self.ended.len(),
+            });
+        }
+        Ok(())
+    }
+
+    /// A build reached a terminal state: its file goes where its rule says.
+    async fn finished(&mut self, build: &Build) {
+        if self.once {
+            self.ended.push(build.clone());
+        }
+        self.arrivals.remove(&build.id);
+        self.stuck.remove(&build.id);
+        self.dispose(build).await;
+        self.prune().await;
+    }
+
+    async fn command(&mut self, cmd: ControlCommand) -> Vec<Input> {
         match cmd {
-            Command::Status(reply) => {
-                let _ = reply.send(self.pending.values().cloned().collect());
+            ControlCommand::Status(reply) => {
+                let _ = reply.send(self.observer.unfinished());
+                Vec::new()
             }
-            Command::Retry(id, reply) => {
+            ControlCommand::Retry(id, reply) => {
                 let result = retry_build(&self.store, id).await;
-                if let Ok(build) = &result {
-                    tracing::info!(build = %id, "retrying build from a fresh upload");
-                    self.observer.state_changed(build);
-                    self.pending.insert(id, build.clone());
-                }
+                let inputs = match &result {
+                    Ok(build) => {
+                        tracing::info!(build = %id, "retrying build from a fresh upload");
+                        vec![Input::Waiting(self.waiting(build))]
+                    }
+                    Err(_) => Vec::new(),
+                };
                 let _ = reply.send(result);
+                inputs
             }
-            Command::Cancel(id, reply) => {
-                if let Some(running) = self.running.get_mut(&id) {
-                    running.cancel.cancel();
-                    running.cancel_replies.push(reply);
-                    return;
-                }
-                let result = cancel_build(&self.store, id).await;
-                if let Ok(build) = &result {
-                    self.pending.remove(&id);
-                    tracing::info!(build = %id, "build cancelled");
-                    self.dispose(build).await;
-                }
-                let _ = reply.send(result);
+            ControlCommand::Cancel(id, reply) => {
+                let reply_id = self.next_reply;
+                self.next_reply += 1;
+                self.replies.insert(reply_id, reply);
+                vec![Input::Cancel {
+                    id,
+                    reply: reply_id,
+                }]
             }
         }
     }
 
-    async fn watch_event(&mut self, event: WatchEvent) {
+    /// Cancels a build no worker runs and answers the requests for it.
+    async fn cancel_stored(&mut self, id: BuildId, replies: Vec<ReplyId>) {
+        let result = cancel_build(&self.store, id).await;
+        if let Ok(build) = &result {
+            tracing::info!(build = %id, "build cancelled");
+            self.finished(build).await;
+        }
+        let mut replies = replies.into_iter().filter_map(|r| self.replies.remove(&r));
+        if let Some(first) = replies.next() {
+            let _ = first.send(result);
+        }
+        // Repeated requests for the same build see where it ended up.
+        for reply in replies {
+            let _ = reply.send(
+                self.store
+                    .get(id)
+                    .map_err(ControlError::from)
+                    .and_then(|b| b.ok_or(ControlError::Unknown(id))),
+            );
+        }
+    }
+
+    async fn watch_event(&mut self, event: WatchEvent) -> Vec<Input> {
         match event {
-            WatchEvent::Candidate(c) => self.take(&c.rule, &c.path).await,
-            // A file that looks like an unfinished copy (empty, or a ZIP
-            // whose end is missing) may be a copy that paused longer than
-            // `settle`: look again later before calling it broken.
-            WatchEvent::Invalid {
+            WatchEvent::Settling {
                 rule,
                 path,
-                error: ArchiveError::Truncated { .. } | ArchiveError::EmptyFile { .. },
-                identity,
-            } => {
-                let due = now_ms() + millis(incomplete_grace(self.config.daemon.settle));
-                tracing::info!(
-                    rule = %rule, file = %path.display(),
-                    "the file looks like an unfinished copy; looking again in {}",
-                    humantime::format_duration(incomplete_grace(self.config.daemon.settle))
-                );
-                self.incomplete.push((due, rule, path, identity));
+                arrival,
+            } => match self.config.rule(&rule) {
+                Some(r) => vec![Input::Settling {
+                    app: r.app_secret.clone(),
+                    file: (rule, path),
+                    arrival,
+                }],
+                None => Vec::new(),
+            },
+            WatchEvent::Abandoned { rule, path } => vec![Input::Settled((rule, path))],
+            WatchEvent::Candidate(candidate) => self.take(candidate).await,
+            // A file that is not a ZIP PatchKit can take still becomes a
+            // build, which fails validation with the reason: status and
+            // notifications show it.
+            WatchEvent::Invalid { candidate, error } => {
+                tracing::warn!(rule = %candidate.rule, "{error}");
+                self.take(candidate).await
             }
-            // Any other invalid ZIP still becomes a build, which fails
-            // validation with the reason: status and notifications show it.
-            WatchEvent::Invalid { rule, path, .. } => self.take(&rule, &path).await,
-            WatchEvent::FolderMissing { rule, folder } => tracing::warn!(
-                rule = %rule, folder = %folder.display(),
-                "the rule folder is missing; create it (or mount it) and it is watched again"
-            ),
+            WatchEvent::FolderMissing { rule, folder } => {
+                tracing::warn!(
+                    rule = %rule, folder = %folder.display(),
+                    "the rule folder is missing; create it (or mount it) and it is watched again"
+                );
+                Vec::new()
+            }
             WatchEvent::FolderBack { rule, folder } => {
-                tracing::info!(rule = %rule, folder = %folder.display(), "the rule folder is back")
+                tracing::info!(rule = %rule, folder = %folder.display(), "the rule folder is back");
+                Vec::new()
             }
             WatchEvent::Error { rule, message } => {
-                tracing::error!(rule = %rule, "{message}")
+                tracing::error!(rule = %rule, "{message}");
+                Vec::new()
             }
+            WatchEvent::Drained => vec![Input::Drained],
         }
     }
 
-    /// Enqueues a file for a rule, reporting problems once per file.
-    async fn take(&mut self, rule_name: &str, path: &Path) {
-        let Some(rule) = self.config.rule(rule_name).cloned() else {
-            return;
+    /// Records a settled file as a build. The build's place in the queue
+    /// comes before the watcher's hold on it is released.
+    async fn take(&mut self, candidate: Candidate) -> Vec<Input> {
+        let settled = Input::Settled((candidate.rule.clone(), candidate.path.clone()));
+        let Some(rule) = self.config.rule(&candidate.rule).cloned() else {
+            return vec![settled];
         };
-        match intake::enqueue(&self.store, &rule, path).await {
+        let mut inputs = Vec::new();
+        match intake::enqueue(&self.store, &rule, &candidate.identity).await {
             Ok(Enqueued::New(build)) => {
-                self.observer.state_changed(&build);
-                if !build.state.is_terminal() {
-                    self.pending.insert(build.id, *build);
+                if build.state.is_terminal() {
+                    self.finished(&build).await;
                 } else {
-                    self.dispose(&build).await;
+                    self.arrivals.insert(build.id, candidate.arrival);
+                    inputs.push(Input::Waiting(self.waiting(&build)));
                 }
             }
-            Ok(Enqueued::Existing(_)) => {}
-            Err(err @ IntakeError::NoMatch { .. }) => {
-                if self
-                    .reported
-                    .insert(path.to_owned(), rule.name.clone())
-                    .is_none()
-                {
-                    tracing::warn!("{err}");
-                }
-            }
-            Err(err) => tracing::error!(rule = %rule.name, "cannot take {}: {err}", path.display()),
+            Ok(Enqueued::Existing(id)) => tracing::debug!(
+                build = %id, file = %candidate.path.display(),
+                "the file is a build already recorded; left alone"
+            ),
+            Err(err) => tracing::error!(
+                rule = %rule.name, "cannot take {}: {err}", candidate.path.display()
+            ),
         }
-    }
-
-    /// `--once`: takes what is in every rule folder now, after checking each
-    /// file stays unchanged for `settle`.
-    async fn take_folder_contents(&mut self) {
-        let specs = watch_specs(&self.config.rules);
-        let mut first = scan_all(&specs).await;
-        // Oldest first: with no events to go by, modification time is the
-        // best record of the order the builds arrived in.
-        first.sort_by(|a, b| (a.2.mtime, &a.1).cmp(&(b.2.mtime, &b.1)));
-        if !first.is_empty() && !self.config.daemon.settle.is_zero() {
-            tokio::time::sleep(self.config.daemon.settle).await;
-        }
-        let second = scan_all(&specs).await;
-        for (rule, path, id) in first {
-            let still = second
-                .iter()
-                .any(|(r, p, i)| *r == rule && *p == path && *i == id);
-            if still {
-                self.take(&rule, &path).await;
-            } else {
-                tracing::warn!(
-                    file = %path.display(),
-                    "the file is still changing; it is left for the next run"
-                );
-            }
-        }
+        inputs.push(settled);
+        inputs
     }
 
     /// Applies a reloaded config; returns whether it was taken.
-    async fn reload(
-        &mut self,
-        reload: Result<Config, ConfigError>,
-        watcher: Option<&WatcherHandle>,
-    ) -> bool {
+    fn reload(&mut self, reload: Result<Config, ConfigError>, watcher: &WatcherHandle) -> bool {
         let config = match reload {
             Ok(config) => config,
             Err(err) => {
@@ -670,45 +647,30 @@ impl Daemon {
                 self.config.daemon.state_dir.display()
             );
         }
-        if let Some(watcher) = watcher
-            && let Err(err) = watcher.update(watch_specs(&config.rules))
-        {
+        let specs = config.rules.iter().map(Rule::watch_spec).collect();
+        if let Err(err) = watcher.update(specs) {
             tracing::error!("cannot apply the new rules to the watcher: {err}");
             return false;
         }
         let state_dir = self.config.daemon.state_dir.clone();
         self.config = config;
         self.config.daemon.state_dir = state_dir;
+        self.core.configure(
+            self.config.daemon.workers,
+            millis(self.config.daemon.auth_retry),
+        );
         self.refresh_key();
         tracing::info!(rules = self.config.rules.len(), "config reloaded");
-        // The watcher offers each file once, so a file the old rule refused
-        // is not offered again; the refusal tells the user to change the
-        // rule, so the changed rule gets to look at it now.
-        for (path, rule) in std::mem::take(&mut self.reported) {
-            if tokio::fs::try_exists(&path).await.unwrap_or(false) {
-                self.take(&rule, &path).await;
-            }
-        }
         true
     }
 
-    /// Takes the files that looked unfinished and have not changed since:
-    /// they are what they are, and validation says why they fail. A file that
-    /// changed is left to the watcher, which reports its new state.
-    async fn recheck_incomplete(&mut self) {
-        let now = now_ms();
-        let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.incomplete)
+    /// systemd's STATUS line, from the observer's current view.
+    fn status_line(&self) -> String {
+        let unfinished = self.observer.unfinished();
+        let (running, queued): (Vec<Build>, Vec<Build>) = unfinished
             .into_iter()
-            .partition(|(at, ..)| *at <= now);
-        self.incomplete = later;
-        for (_, rule, path, seen) in due {
-            let unchanged = tokio::fs::metadata(&path)
-                .await
-                .is_ok_and(|meta| FileId::of(&meta) == seen);
-            if unchanged {
-                self.take(&rule, &path).await;
-            }
-        }
+            .partition(|b| self.core.is_running(b.id));
+        self.observer.summary(&running, queued.len())
     }
 
     /// Reports running builds that made no progress for `stuck_after`, once
@@ -718,32 +680,19 @@ impl Daemon {
         let idle = self.observer.idle_builds(after);
         self.stuck.retain(|id| idle.iter().any(|(i, _)| i == id));
         for (id, how_long) in idle {
-            if self.running.contains_key(&id)
+            if self.core.is_running(id)
                 && self.stuck.insert(id)
-                && let Some(build) = self.pending.get(&id)
+                && let Some(build) = self.observer.build(id)
             {
-                self.observer.stuck(build, how_long);
+                self.observer.stuck(&build, how_long);
             }
         }
-        if self.running.is_empty() {
+        if self.core.running_count() == 0 {
             return wake;
         }
         // Look again a tenth of the threshold from now: a stall is noticed
         // within 10% of `stuck_after`, at a few wake-ups an hour.
-        let again = now_ms() + millis(after / 10).max(1000);
-        Some(wake.map_or(again, |w| w.min(again)))
-    }
-
-    /// After the key pause: read the key again (the file or credential may
-    /// have been fixed) and let builds run.
-    async fn key_pause_over(&mut self) {
-        if let Some(until) = self.key_paused_until
-            && until <= now_ms()
-        {
-            self.key_paused_until = None;
-            self.refresh_key();
-            tracing::info!("trying the API key again");
-        }
+        earliest(wake, now_ms() + millis(after / 10).max(1000))
     }
 
     fn refresh_key(&mut self) {
@@ -830,15 +779,15 @@ impl Daemon {
     async fn shutdown(&mut self) {
         let timeout = self.config.daemon.shutdown_timeout;
         self.tracker.close();
-        if !self.running.is_empty() {
+        if !self.workers.is_empty() {
             tracing::info!(
-                running = self.running.len(),
+                running = self.workers.len(),
                 "stopping: letting in-flight requests finish (up to {})",
                 humantime::format_duration(timeout)
             );
         }
-        for running in self.running.values() {
-            running.cancel.cancel();
+        for stop in self.workers.values() {
+            stop.cancel();
         }
         if tokio::time::timeout(timeout, self.tracker.wait())
             .await
@@ -853,82 +802,5 @@ impl Daemon {
             tracing::error!("could not flush the build store: {err}");
         }
         tracing::info!("stopped");
-    }
-}
-
-/// How long a file that looks like an unfinished copy must stay unchanged
-/// before it is taken (and fails as truncated): ten settle periods (50 s by
-/// default), since a copy that paused longer than `settle` is far likelier
-/// than a file cut short for good.
-fn incomplete_grace(settle: Duration) -> Duration {
-    settle * 10
-}
-
-fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
-
-/// Every build file in every rule folder now, with its identity.
-async fn scan_all(specs: &[WatchSpec]) -> Vec<(String, PathBuf, crate::watcher::FileId)> {
-    let specs = specs.to_vec();
-    tokio::task::spawn_blocking(move || {
-        let mut out = Vec::new();
-        for spec in &specs {
-            match crate::watcher::scan_folder(spec) {
-                Ok(files) => {
-                    out.extend(files.into_iter().map(|(p, id)| (spec.rule.clone(), p, id)))
-                }
-                Err(err) => tracing::warn!(
-                    rule = %spec.rule, folder = %spec.folder.display(),
-                    "cannot read the rule folder: {err}"
-                ),
-            }
-        }
-        out
-    })
-    .await
-    .unwrap_or_default()
-}
-
-/// What the daemon tells systemd (`Type=notify`). Every call is a no-op
-/// outside systemd (no `NOTIFY_SOCKET`).
-#[derive(Default)]
-struct Systemd {
-    last_status: String,
-    last_watchdog: Option<std::time::Instant>,
-}
-
-impl Systemd {
-    fn ready(&mut self) {
-        let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
-    }
-
-    /// Sends STATUS= when it changed.
-    fn status(&mut self, daemon: &Daemon) {
-        let running: Vec<Build> = daemon
-            .running
-            .keys()
-            .filter_map(|id| daemon.pending.get(id).cloned())
-            .collect();
-        let queued = daemon.pending.len() - running.len();
-        let status = daemon.observer.summary(&running, queued);
-        if status != self.last_status {
-            let _ = sd_notify::notify(&[sd_notify::NotifyState::Status(&status)]);
-            self.last_status = status;
-        }
-    }
-
-    fn watchdog(&mut self, interval: Duration) {
-        let due = self
-            .last_watchdog
-            .is_none_or(|at| at.elapsed() >= interval / 2);
-        if due {
-            let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
-            self.last_watchdog = Some(std::time::Instant::now());
-        }
-    }
-
-    fn stopping(&mut self) {
-        let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     }
 }

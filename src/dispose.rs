@@ -56,10 +56,7 @@ pub async fn finished(rule: &Rule, build: &Build) {
 
 async fn still_the_same(identity: &FileIdentity) -> bool {
     match tokio::fs::metadata(&identity.path).await {
-        Ok(meta) => {
-            let now = FileIdentity::from_metadata(&identity.path, &meta);
-            now.size == identity.size && now.mtime_ns == identity.mtime_ns
-        }
+        Ok(meta) => FileIdentity::from_metadata(&identity.path, &meta).same_content(identity),
         Err(_) => false,
     }
 }

@@ -1,18 +1,20 @@
 //! The one way a build enters the store: [`enqueue`], with the rule and the
-//! file. The watcher and the startup scan call it; so do tests.
+//! identity the watcher settled and checked. The daemon calls it for every
+//! watcher candidate; tests call [`enqueue_file`].
 //!
-//! It reads the file's identity, renders the rule's label and changelog,
-//! and records the build as `Queued`, unless the same file (path, size,
-//! mtime) was recorded before, at any time: a file is enqueued once.
+//! It renders the rule's label and changelog and records the build as
+//! `Queued`, unless the same file (path, size, mtime) was recorded before,
+//! at any time: a file is enqueued once. Which names a rule takes is the
+//! watcher's decision (`Rule::takes`), made before a file gets here.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use crate::config::{Changelog, Rule};
-use crate::rules::{TemplateValues, captures};
 use crate::state::{FileIdentity, Stage};
 use crate::store::{Enqueued, NewBuild, Store, StoreError};
+use crate::template::{TemplateValues, captures};
 
 /// A changelog file larger than this is refused: it is surely not a
 /// changelog (a build log dropped under the wrong name, say).
@@ -39,28 +41,23 @@ pub enum IntakeError {
     Store(#[from] StoreError),
 }
 
-/// Records `path` as a build of `rule`. Returns the build, or the id of the
-/// build that already has this file.
-pub async fn enqueue(store: &Store, rule: &Rule, path: &Path) -> Result<Enqueued, IntakeError> {
-    let io = |source| IntakeError::Io {
-        path: path.to_owned(),
-        source,
-    };
-    let meta = tokio::fs::metadata(path).await.map_err(io)?;
-    if !meta.is_file() {
-        return Err(IntakeError::NotAFile {
-            path: path.to_owned(),
-        });
-    }
-    let identity = FileIdentity::from_metadata(path, &meta);
-    if let Some(existing) = store.find_by_identity(&identity)? {
+/// Records a settled file as a build of `rule`, with the identity the
+/// watcher settled and checked. Returns the build, or the id of the build
+/// that already has this file.
+pub async fn enqueue(
+    store: &Store,
+    rule: &Rule,
+    identity: &FileIdentity,
+) -> Result<Enqueued, IntakeError> {
+    if let Some(existing) = store.find_by_identity(identity)? {
         return Ok(Enqueued::Existing(existing));
     }
+    let path = identity.path.as_path();
     let file_name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let caps = match &rule.filename_regex {
+    let caps = match &rule.names.regex {
         None => BTreeMap::new(),
         Some(re) => captures(re, &file_name).ok_or_else(|| IntakeError::NoMatch {
             path: path.to_owned(),
@@ -85,7 +82,7 @@ pub async fn enqueue(store: &Store, rule: &Rule, path: &Path) -> Result<Enqueued
         rule: rule.name.clone(),
         app_secret: rule.app_secret.clone(),
         file: path.to_owned(),
-        identity,
+        identity: identity.clone(),
         label: label.clone(),
         changelog,
         publish: rule.publish,
@@ -112,6 +109,26 @@ pub async fn enqueue(store: &Store, rule: &Rule, path: &Path) -> Result<Enqueued
         }
     }
     Ok(enqueued)
+}
+
+/// Records the file at `path` as it is now: for callers that have no
+/// watcher (tests, tools). The daemon takes files only through the watcher.
+pub async fn enqueue_file(
+    store: &Store,
+    rule: &Rule,
+    path: &Path,
+) -> Result<Enqueued, IntakeError> {
+    let io = |source| IntakeError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let meta = tokio::fs::metadata(path).await.map_err(io)?;
+    if !meta.is_file() {
+        return Err(IntakeError::NotAFile {
+            path: path.to_owned(),
+        });
+    }
+    enqueue(store, rule, &FileIdentity::from_metadata(path, &meta)).await
 }
 
 /// Reads the changelog file next to the ZIP. A missing or unreadable one

@@ -169,8 +169,8 @@ async fn control(args: BuildArg, what: Control) -> ExitCode {
         Err(err) => return fail(EXIT_FAILURE, &err),
     };
     let result = match what {
-        Control::Retry => daemon::retry_build(&store, args.build).await,
-        Control::Cancel => daemon::cancel_build(&store, args.build).await,
+        Control::Retry => patchkit_autopublish::control::retry_build(&store, args.build).await,
+        Control::Cancel => patchkit_autopublish::control::cancel_build(&store, args.build).await,
     };
     match result {
         Ok(build) => {

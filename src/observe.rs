@@ -3,9 +3,12 @@
 //! metrics), one log line per stage change, and build events (for
 //! notifications).
 //!
-//! Stages and the worker report into an [`Observer`]; readers take
-//! snapshots. Reporting never blocks and never fails: a slow reader (a dead
-//! webhook) can lose events, never stall an upload.
+//! The store tells the observer every record it writes (`Store::on_change`
+//! calls [`Observer::state_changed`]), so the observer's copy of every
+//! unfinished build is the one source of truth for `status`, systemd's
+//! STATUS line, metrics and events. Stages report progress between writes.
+//! Readers take snapshots. Reporting never blocks and never fails: a slow
+//! reader (a dead webhook) can lose events, never stall an upload.
 //!
 //! Knows builds and numbers; nothing about HTTP, sockets or sled.
 
@@ -16,9 +19,9 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use tokio::sync::broadcast;
 
+use crate::clock::now_ms;
 use crate::state::BuildState;
 use crate::store::{Build, BuildId};
-use crate::worker::now_ms;
 
 /// How many build events wait for slow subscribers before the oldest are
 /// dropped (each subscriber is told how many it missed).
@@ -98,7 +101,7 @@ pub struct Counters {
     pub published: BTreeMap<String, u64>,
     /// Unix seconds of the last publish, by rule.
     pub last_success: BTreeMap<String, u64>,
-    /// Unfinished builds by state name (set by the daemon).
+    /// Unfinished builds by state name.
     pub builds_by_state: BTreeMap<String, u64>,
 }
 
@@ -109,6 +112,10 @@ pub struct Observer {
 }
 
 struct Inner {
+    /// Every unfinished build as last written to the store.
+    builds: Mutex<BTreeMap<BuildId, Build>>,
+    /// Finished builds already announced, with the record's `updated_at`.
+    finished: Mutex<HashMap<BuildId, u64>>,
     live: Mutex<HashMap<BuildId, Live>>,
     counters: Mutex<Counters>,
     events: broadcast::Sender<BuildEvent>,
@@ -131,6 +138,8 @@ impl Observer {
         let (events, _) = broadcast::channel(EVENT_BUFFER);
         Observer {
             inner: Arc::new(Inner {
+                builds: Mutex::new(BTreeMap::new()),
+                finished: Mutex::new(HashMap::new()),
                 live: Mutex::new(HashMap::new()),
                 counters: Mutex::new(Counters::default()),
                 events,
@@ -154,8 +163,48 @@ impl Observer {
         });
     }
 
-    /// A build reached a new state: one log line, live status, events.
+    /// The unfinished builds found in the store at start: known, without a
+    /// log line or an event each.
+    pub fn load(&self, builds: impl IntoIterator<Item = Build>) {
+        let mut known = self.inner.builds.lock().expect("observer lock");
+        for build in builds {
+            if !build.state.is_terminal() {
+                known.insert(build.id, build);
+            }
+        }
+    }
+
+    /// Every unfinished build as last written, oldest id first.
+    pub fn unfinished(&self) -> Vec<Build> {
+        let known = self.inner.builds.lock().expect("observer lock");
+        known.values().cloned().collect()
+    }
+
+    /// An unfinished build as last written.
+    pub fn build(&self, id: BuildId) -> Option<Build> {
+        let known = self.inner.builds.lock().expect("observer lock");
+        known.get(&id).cloned()
+    }
+
+    /// A build record was written. Every write updates the build's entry
+    /// (attempts and errors included); a new state (by name) also gives one
+    /// log line, fresh live status and events. Telling it twice is
+    /// harmless.
     pub fn state_changed(&self, build: &Build) {
+        let previous = {
+            let mut known = self.inner.builds.lock().expect("observer lock");
+            if build.state.is_terminal() {
+                known.remove(&build.id)
+            } else {
+                known.insert(build.id, build.clone())
+            }
+        };
+        if previous.is_some_and(|p| p.state.name() == build.state.name()) {
+            return;
+        }
+        if build.state.is_terminal() && self.already_told(build) {
+            return;
+        }
         tracing::info!(
             build = %build.id, rule = %build.rule, label = %build.label,
             "{}", build.state
@@ -198,6 +247,22 @@ impl Observer {
             }
             _ => {}
         }
+    }
+
+    /// Whether this terminal state of the build was already announced (the
+    /// same record told twice).
+    fn already_told(&self, build: &Build) -> bool {
+        let mut told = self.inner.finished.lock().expect("observer lock");
+        if told.get(&build.id) == Some(&build.updated_at) {
+            return true;
+        }
+        // Only the last few hundred finished builds matter: a repeat comes
+        // right after the first telling.
+        if told.len() >= 512 {
+            told.clear();
+        }
+        told.insert(build.id, build.updated_at);
+        false
     }
 
     /// Upload progress: `acknowledged` of `total` bytes, `sent` of them in
@@ -252,20 +317,6 @@ impl Observer {
             .or_default() += 1;
     }
 
-    /// The builds the daemon has not finished, by state (the daemon sets
-    /// this after every change to its work list).
-    pub fn set_unfinished<'a>(&self, builds: impl Iterator<Item = &'a Build>) {
-        let mut by_state = BTreeMap::new();
-        for b in builds {
-            *by_state.entry(b.state.name().to_owned()).or_default() += 1;
-        }
-        self.inner
-            .counters
-            .lock()
-            .expect("observer lock")
-            .builds_by_state = by_state;
-    }
-
     /// Live progress of a running build.
     pub fn live(&self, id: BuildId) -> Option<Live> {
         let live = self.inner.live.lock().expect("observer lock");
@@ -307,7 +358,14 @@ impl Observer {
 
     /// The counters now.
     pub fn counters(&self) -> Counters {
-        self.inner.counters.lock().expect("observer lock").clone()
+        let mut counters = self.inner.counters.lock().expect("observer lock").clone();
+        for b in self.inner.builds.lock().expect("observer lock").values() {
+            *counters
+                .builds_by_state
+                .entry(b.state.name().to_owned())
+                .or_default() += 1;
+        }
+        counters
     }
 
     /// A one-line summary for systemd's STATUS=, e.g. "uploading mygame

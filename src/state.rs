@@ -101,6 +101,14 @@ impl FileIdentity {
         }
     }
 
+    /// Whether two sightings are of the same content: same size,
+    /// modification time and inode. The one test of "the file did not
+    /// change" (settling, resuming an upload, disposing of a file); the path
+    /// is not part of it, so a file renamed in place is still the same.
+    pub fn same_content(&self, other: &FileIdentity) -> bool {
+        self.size == other.size && self.mtime_ns == other.mtime_ns && self.inode == other.inode
+    }
+
     /// The key under which the store deduplicates files: path, size and
     /// mtime, without the inode.
     ///
@@ -118,6 +126,18 @@ impl FileIdentity {
         key.extend_from_slice(&self.mtime_ns.to_be_bytes());
         key
     }
+}
+
+/// A build file's place in its app's queue: its modification time (when
+/// the copy finished, or the time `rsync -t` kept), then when the watcher
+/// first saw it. Not the moment it settled: a file whose settle timer was
+/// pushed back by a late event keeps its place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Arrival {
+    /// Modification time, nanoseconds since the Unix epoch.
+    pub mtime_ns: i128,
+    /// When the watcher first saw the file, Unix ms.
+    pub seen_at: u64,
 }
 
 #[cfg(unix)]
@@ -364,6 +384,13 @@ impl BuildState {
             BuildState::Failed { .. } => "failed",
             BuildState::Cancelled { .. } => "cancelled",
         }
+    }
+
+    /// Whether the build has something on PatchKit (a version or an
+    /// upload), so its app's next build must wait for it whatever arrived
+    /// earlier.
+    pub fn holds_app(&self) -> bool {
+        !matches!(self, BuildState::Queued | BuildState::Validated) && !self.is_terminal()
     }
 
     /// Whether the daemon has nothing more to do with this build. Only

@@ -5,7 +5,9 @@
 //! Knows the stages and the retry policy; nothing about scheduling, the
 //! watcher or signals.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
+
+use crate::clock::now_ms;
 
 use crate::patchkit::RetryPolicy;
 use crate::policy::{Decision, decide};
@@ -14,7 +16,7 @@ use crate::store::{Build, BuildId, StoreError};
 
 /// How a worker ended.
 #[derive(Debug)]
-pub enum Outcome {
+pub enum WorkerEnd {
     /// The build reached a terminal state (published, scheduled, draft,
     /// failed or cancelled).
     Finished(Build),
@@ -35,11 +37,11 @@ pub async fn drive(
     mut build: Build,
     retry: RetryPolicy,
     key_retry: Duration,
-) -> Outcome {
+) -> WorkerEnd {
     let id = build.id;
     loop {
         if build.state.is_terminal() {
-            return Outcome::Finished(build);
+            return WorkerEnd::Finished(build);
         }
         let before = build.state.clone();
         let err = match step(&ctx, &build).await {
@@ -48,7 +50,7 @@ pub async fn drive(
                 if build.attempts > 0 && build.state != before {
                     match ctx.store.clear_attempts(id, &build.state).await {
                         Ok(cleared) => build = cleared,
-                        Err(e) => return Outcome::StoreFailed(id, e),
+                        Err(e) => return WorkerEnd::StoreFailed(id, e),
                     }
                 }
                 continue;
@@ -59,8 +61,8 @@ pub async fn drive(
         // recorded chunks); work from the stored record.
         build = match ctx.store.get(id) {
             Ok(Some(latest)) => latest,
-            Ok(None) => return Outcome::StoreFailed(id, StoreError::NotFound { id }),
-            Err(e) => return Outcome::StoreFailed(id, e),
+            Ok(None) => return WorkerEnd::StoreFailed(id, StoreError::NotFound { id }),
+            Err(e) => return WorkerEnd::StoreFailed(id, e),
         };
         let decision = decide(&err, build.attempts, &retry);
         let result = match decision {
@@ -71,7 +73,9 @@ pub async fn drive(
                     retry_in = ?delay, "{err}; will retry"
                 );
                 ctx.observer.retried(error_class(&err));
-                record(&ctx, &build, &err, delay).await.map(Outcome::Retry)
+                record(&ctx, &build, &err, delay)
+                    .await
+                    .map(WorkerEnd::Retry)
             }
             Decision::PauseForKey => {
                 tracing::error!(
@@ -82,7 +86,7 @@ pub async fn drive(
                 ctx.observer.retried("unauthorized");
                 record(&ctx, &build, &err, key_retry)
                     .await
-                    .map(Outcome::KeyRefused)
+                    .map(WorkerEnd::KeyRefused)
             }
             Decision::Fail(reason) => {
                 let stage = match &err {
@@ -100,21 +104,21 @@ pub async fn drive(
                         .transition(id, &build.state, next)
                         .await
                         .inspect(|b| ctx.observer.state_changed(b))
-                        .map(Outcome::Finished),
+                        .map(WorkerEnd::Finished),
                     Err(e) => {
                         tracing::error!(build = %id, "cannot mark the build failed: {e}");
-                        return Outcome::Stopped(id);
+                        return WorkerEnd::Stopped(id);
                     }
                 }
             }
             Decision::Stop => {
                 return match err {
-                    StepError::Store(e) => Outcome::StoreFailed(id, e),
-                    _ => Outcome::Stopped(id),
+                    StepError::Store(e) => WorkerEnd::StoreFailed(id, e),
+                    _ => WorkerEnd::Stopped(id),
                 };
             }
         };
-        return result.unwrap_or_else(|e| Outcome::StoreFailed(id, e));
+        return result.unwrap_or_else(|e| WorkerEnd::StoreFailed(id, e));
     }
 }
 
@@ -147,12 +151,4 @@ async fn record(
     ctx.store
         .record_attempt(build.id, &build.state, err.to_string(), Some(at))
         .await
-}
-
-/// Now, in Unix milliseconds.
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
 }

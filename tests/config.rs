@@ -1,10 +1,12 @@
 //! The config file: the shipped example loads, defaults are documented ones,
 //! and every problem is reported with its line, column and what is expected.
 
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use patchkit_autopublish::config::{Config, ConfigError, KeyOrigin, KeySource, Problem};
+use patchkit_autopublish::watcher::Take;
 
 fn parse(text: &str) -> Result<Config, ConfigError> {
     Config::parse(text, Path::new("/etc/pka/config.toml"))
@@ -31,8 +33,8 @@ fn the_shipped_example_config_loads() {
     assert_eq!(config.rules.len(), 1);
     let rule = &config.rules[0];
     assert_eq!(rule.name, "mygame-windows");
-    assert!(rule.matches("build-1.2.zip"));
-    assert!(!rule.matches("build-1.2.zip.part"));
+    assert_eq!(rule.takes(OsStr::new("build-1.2.zip")), Take::Yes);
+    assert_eq!(rule.takes(OsStr::new("build-1.2.zip.part")), Take::No);
     assert_eq!(config.daemon.chunk_size, 10 * 1024 * 1024);
     assert_eq!(config.daemon.workers, 2);
     assert_eq!(
@@ -274,4 +276,63 @@ fn config_debug_output_never_contains_a_key() {
         .unwrap();
     let shown = format!("{config:?} {key:?} {key}");
     assert!(!shown.contains("topsecret-123"));
+}
+
+#[test]
+fn settle_below_one_second_is_refused_globally_and_per_rule() {
+    for text in [
+        "[daemon]\nsettle = \"0s\"\n",
+        "[daemon]\nsettle = \"500ms\"\n",
+    ] {
+        let found = problems(&format!("{text}{MINIMAL}"));
+        assert!(
+            found
+                .iter()
+                .any(|p| p.line == 2 && p.message.contains("at least 1s")),
+            "{found:#?}"
+        );
+    }
+    let found = problems(&format!("{MINIMAL}settle = \"200ms\"\n"));
+    assert!(
+        found.iter().any(|p| p.message.contains("settle")
+            && p.message.contains("at least 1s")
+            && p.message.contains("[[rule]]")),
+        "{found:#?}"
+    );
+    let config = parse(&format!("{MINIMAL}settle = \"20s\"\n")).unwrap();
+    assert_eq!(config.rules[0].settle, Some(Duration::from_secs(20)));
+    assert_eq!(parse(MINIMAL).unwrap().rules[0].settle, None);
+}
+
+/// Two rules on `folder_a` and `folder_b` with these patterns.
+fn two_rules(folder_a: &Path, pattern_a: &str, folder_b: &Path, pattern_b: &str) -> String {
+    format!(
+        "[[rule]]\nname = \"a\"\nfolder = {:?}\npattern = {pattern_a:?}\napp_secret = \"a1\"\n\n\
+         [[rule]]\nname = \"b\"\nfolder = {:?}\npattern = {pattern_b:?}\napp_secret = \"b1\"\n",
+        folder_a.display().to_string(),
+        folder_b.display().to_string()
+    )
+}
+
+#[test]
+fn rules_whose_folders_are_one_on_disk_or_whose_patterns_meet_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let real = dir.path().join("builds");
+    std::fs::create_dir(&real).unwrap();
+    std::os::unix::fs::symlink(&real, dir.path().join("alias")).unwrap();
+    let spelled = dir.path().join("other/../builds");
+    for (b_folder, a_pattern, b_pattern) in [
+        (dir.path().join("alias"), "*.zip", "*.zip"),
+        (spelled.clone(), "*.zip", "*.zip"),
+        (real.clone(), "a*.zip", "*b.zip"),
+    ] {
+        let found = problems(&two_rules(&real, a_pattern, &b_folder, b_pattern));
+        assert!(
+            found.iter().any(|p| p.message.contains("published twice")),
+            "{} {a_pattern} {b_pattern}: {found:#?}",
+            b_folder.display()
+        );
+    }
+    // Patterns whose literal ends differ cannot meet.
+    parse(&two_rules(&real, "*-win64.zip", &real, "*-mac.zip")).unwrap();
 }

@@ -579,7 +579,7 @@ async fn a_refused_config_at_start_is_logged_as_errors_under_journald() {
     let s = Setup::new(1).start().await;
     s.edit_config(|t| {
         t.replacen("workers = 1", "workers = 0", 1).replacen(
-            "settle = \"0s\"",
+            "settle = \"1s\"",
             "settle = \"soon\"",
             1,
         )

@@ -134,7 +134,9 @@ async fn a_crash_after_content_file_of_a_retried_build_follows_the_new_processin
         .start()
         .await;
     let file = s.drop_zip(0, "game-1.0", chunks(2));
-    s.run_child_ok().await;
+    // The build fails, so the run does.
+    let status = s.run_child(None).await;
+    assert_eq!(status.code(), Some(1), "{status:?}\n{}", s.logs());
     let failed = s.build_of(&file).await;
     harness::failure_reason(&failed);
 

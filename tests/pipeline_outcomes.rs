@@ -10,7 +10,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use harness::{CREATE_UPLOAD, CREATE_VERSION, Dropped, Scenario, Setup, chunks, failure_reason};
-use patchkit_autopublish::daemon;
 use patchkit_autopublish::sandbox::{OutcomeRule, ProcessingOutcome};
 use patchkit_autopublish::state::BuildState;
 use tokio_util::sync::CancellationToken;
@@ -209,7 +208,9 @@ async fn a_cancelled_queued_build_uploads_nothing() {
     let file = s.drop_zip(0, "game-1.0", chunks(1));
     let ids = s.enqueue(&[&file]).await;
     let store = s.open_store().await;
-    let cancelled = daemon::cancel_build(&store, ids[0]).await.unwrap();
+    let cancelled = patchkit_autopublish::control::cancel_build(&store, ids[0])
+        .await
+        .unwrap();
     assert!(matches!(cancelled.state, BuildState::Cancelled { .. }));
     drop(store);
 

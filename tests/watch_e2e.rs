@@ -27,8 +27,8 @@ use zip::write::{SimpleFileOptions, ZipWriter};
 /// Long enough that the pauses between the pieces of a slow write
 /// ([`PAUSE`]) never look like a finished file on a busy machine, short
 /// enough to keep every test quick.
-const SETTLE: &str = "500ms";
-const SETTLE_DURATION: Duration = Duration::from_millis(500);
+const SETTLE: &str = "1s";
+const SETTLE_DURATION: Duration = Duration::from_secs(1);
 /// The pause between two pieces of a slow write: well under [`SETTLE`].
 const PAUSE: Duration = Duration::from_millis(200);
 

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use globset::{Glob, GlobSetBuilder};
 use patchkit_autopublish::watcher::{
-    Candidate, WatchEvent, WatchOptions, WatchSpec, Watcher, WatcherHandle, scan_folder,
+    Candidate, MIN_GRACE, WatchEvent, WatchOptions, WatchSpec, Watcher, WatcherHandle, scan_folder,
 };
 use tokio::sync::mpsc;
 use tokio::time::{Instant, timeout};
@@ -42,6 +42,7 @@ fn options() -> WatchOptions {
     WatchOptions {
         settle: SETTLE,
         rescan: Duration::from_secs(3600),
+        drain: false,
     }
 }
 
@@ -77,11 +78,37 @@ fn start(specs: Vec<WatchSpec>) -> Harness {
 }
 
 impl Harness {
-    async fn next(&mut self) -> WatchEvent {
-        match timeout(WAIT, self.events.recv()).await {
+    /// The next event, `Settling` and `Abandoned` notices included.
+    async fn next_any(&mut self) -> WatchEvent {
+        self.next_within(WAIT).await
+    }
+
+    async fn next_within(&mut self, wait: Duration) -> WatchEvent {
+        match timeout(wait, self.events.recv()).await {
             Ok(Some(event)) => event,
             Ok(None) => panic!("the watcher stopped"),
-            Err(_) => panic!("no watcher event within {WAIT:?}"),
+            Err(_) => panic!("no watcher event within {wait:?}"),
+        }
+    }
+
+    /// Asserts that no file was taken yet: the events waiting are at most
+    /// `Settling` notices.
+    fn assert_nothing_taken(&mut self, when: &str) {
+        while let Ok(event) = self.events.try_recv() {
+            assert!(
+                matches!(event, WatchEvent::Settling { .. }),
+                "nothing may be taken {when}: {event:?}"
+            );
+        }
+    }
+
+    /// The next event that is not a `Settling` or `Abandoned` notice.
+    async fn next(&mut self) -> WatchEvent {
+        loop {
+            match self.next_any().await {
+                WatchEvent::Settling { .. } | WatchEvent::Abandoned { .. } => continue,
+                event => return event,
+            }
         }
     }
 
@@ -134,7 +161,7 @@ fn paths(events: &[WatchEvent]) -> Vec<PathBuf> {
         .iter()
         .map(|e| match e {
             WatchEvent::Candidate(c) => c.path.clone(),
-            WatchEvent::Invalid { path, .. } => path.clone(),
+            WatchEvent::Invalid { candidate, .. } => candidate.path.clone(),
             other => panic!("unexpected event {other:?}"),
         })
         .collect()
@@ -159,10 +186,7 @@ async fn a_zip_written_in_pieces_is_taken_once_after_its_last_byte() {
         drop(file);
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    assert!(
-        h.events.try_recv().is_err(),
-        "nothing may be taken before the last byte"
-    );
+    h.assert_nothing_taken("before the last byte");
     let c = h.candidate().await;
     assert_eq!(c.path, path);
     assert_eq!(c.rule, "game");
@@ -276,7 +300,7 @@ async fn polling_finds_files_and_settles_them_the_same_way() {
         drop(file);
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    assert!(h.events.try_recv().is_err());
+    h.assert_nothing_taken("before the poll saw it settle");
     let c = h.candidate().await;
     assert_eq!(
         (c.path.as_path(), c.identity.size),
@@ -287,30 +311,36 @@ async fn polling_finds_files_and_settles_them_the_same_way() {
 }
 
 #[tokio::test]
-async fn a_broken_zip_is_reported_invalid_once() {
+async fn a_broken_zip_is_reported_invalid_once_and_a_cut_one_after_the_grace() {
     let dir = tempfile::tempdir().unwrap();
     let mut h = start(vec![rule("game", dir.path(), "*.zip")]);
+    let started = std::time::Instant::now();
     std::fs::write(dir.path().join("notes.zip"), b"this is not a zip").unwrap();
     let good = zip_bytes(5000);
     std::fs::write(dir.path().join("cut.zip"), &good[..good.len() / 2]).unwrap();
-    let mut invalid = HashSet::new();
-    for _ in 0..2 {
-        match h.next().await {
-            WatchEvent::Invalid {
-                path,
-                error,
-                identity,
-                ..
-            } => {
-                assert!(!error.to_string().is_empty());
-                assert!(identity.size > 0);
-                invalid.insert(path);
-            }
-            other => panic!("expected Invalid, got {other:?}"),
+    // Not a ZIP at all: reported once settled.
+    match h.next().await {
+        WatchEvent::Invalid { candidate, error } => {
+            assert!(!error.to_string().is_empty());
+            assert_eq!(candidate.path, dir.path().join("notes.zip"));
         }
+        other => panic!("expected Invalid, got {other:?}"),
     }
-    let want: HashSet<_> = [dir.path().join("notes.zip"), dir.path().join("cut.zip")].into();
-    assert_eq!(invalid, want);
+    // A ZIP whose end is missing looks like a copy that paused: it is
+    // reported only after the grace, whatever `settle` is.
+    match h.next_within(MIN_GRACE + WAIT).await {
+        WatchEvent::Invalid { candidate, error } => {
+            assert!(!error.to_string().is_empty());
+            assert_eq!(candidate.path, dir.path().join("cut.zip"));
+            assert!(candidate.identity.size > 0);
+        }
+        other => panic!("expected Invalid, got {other:?}"),
+    }
+    assert!(
+        started.elapsed() >= MIN_GRACE,
+        "the cut ZIP was reported after {:?}, before the grace of {MIN_GRACE:?}",
+        started.elapsed()
+    );
     h.handle.rescan_now().unwrap();
     h.handle.rescan_now().unwrap();
     assert!(h.sentinel(dir.path()).await.is_empty());
@@ -425,11 +455,11 @@ fn ignore_defaults_apply_only_when_a_rule_gives_none() {
     assert_eq!(found.len(), 1);
     let mut own = GlobSetBuilder::new();
     own.add(Glob::new("plain*").unwrap());
-    spec.ignore = own.build().unwrap();
+    spec.names.ignore = Some(own.build().unwrap());
     let found: Vec<_> = scan_folder(&spec)
         .unwrap()
         .into_iter()
-        .map(|(p, _)| p)
+        .map(|(id, _)| id.path)
         .collect();
     assert_eq!(found, vec![dir.path().join(".dot.zip")]);
 }

@@ -32,6 +32,7 @@ use raw::{RawDaemon, RawNotify, RawPatchkit, RawRule};
 pub use rule::{AfterPublish, Changelog, OnFailure, Rule};
 
 use crate::patchkit::{ApiKey, ClientOptions, DEFAULT_API_URL, DEFAULT_UPLOAD_URL, RetryPolicy};
+use crate::watcher::MIN_SETTLE;
 
 /// Where the daemon looks for its config when none is given.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/patchkit-autopublish/config.toml";
@@ -242,7 +243,8 @@ pub struct DaemonSettings {
     pub workers: usize,
     /// Bytes per upload chunk.
     pub chunk_size: u64,
-    /// A file must stay unchanged this long before it is taken.
+    /// A file must stay unchanged this long before it is taken (the
+    /// default of every rule's `settle`).
     pub settle: Duration,
     /// Interval of the safety rescan of every rule folder.
     pub rescan: Duration,
@@ -592,7 +594,7 @@ impl<'s> Validator<'s> {
                 }
             },
         };
-        let settle = self.duration(raw.settle, "[daemon] settle", "5s", Zero::Allowed);
+        let settle = self.settle(raw.settle, "[daemon] settle");
         let rescan = self.duration(raw.rescan, "[daemon] rescan", "10m", Zero::Refused);
         let shutdown_timeout = self.duration(
             raw.shutdown_timeout,
@@ -956,6 +958,25 @@ impl<'s> Validator<'s> {
                 None
             }
         }
+    }
+
+    /// A settle time: at least [`MIN_SETTLE`], since a shorter one takes a
+    /// file whose copy merely paused between two writes.
+    fn settle(&mut self, value: Option<Spanned<String>>, field: &str) -> Option<Duration> {
+        let span = value.as_ref().map(|v| v.span());
+        let settle = self.duration(value, field, "5s", Zero::Allowed)?;
+        if settle < MIN_SETTLE {
+            self.problems.at(
+                span.unwrap_or_default(),
+                format!(
+                    "{field}: {} is too short; a file must stay unchanged at least {} before it                      is taken, or a copy that pauses between writes is taken half-written.                      Expected e.g. \"5s\"",
+                    humantime::format_duration(settle),
+                    humantime::format_duration(MIN_SETTLE),
+                ),
+            );
+            return None;
+        }
+        Some(settle)
     }
 
     fn path(&mut self, value: &Spanned<String>, field: &str) -> Option<PathBuf> {

@@ -57,6 +57,7 @@ pub struct RawRule {
     pub existing_draft: Option<Spanned<String>>,
     pub recursive: Option<Spanned<bool>>,
     pub poll: Option<Spanned<String>>,
+    pub settle: Option<Spanned<String>>,
     pub ignore: Option<Spanned<Vec<String>>>,
     pub filename_regex: Option<Spanned<String>>,
     pub changelog: Option<Spanned<String>>,

@@ -6,13 +6,16 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use std::ffi::OsStr;
+
 use globset::{Glob, GlobMatcher, GlobSet, GlobSetBuilder};
 use regex::Regex;
 use toml::Spanned;
 
 use super::raw::RawRule;
 use super::{ExistingDraft, Validator, Zero};
-use crate::rules::{Template, capture_names};
+use crate::template::{Template, capture_names};
+use crate::watcher::{NameFilter, Take, WatchSpec};
 
 /// One `[[rule]]`.
 #[derive(Debug, Clone)]
@@ -23,17 +26,16 @@ pub struct Rule {
     pub folder: PathBuf,
     /// The file name glob as written.
     pub pattern: String,
-    /// The compiled glob, matched against file names.
-    pub matcher: GlobMatcher,
+    /// Which names are builds: the compiled pattern, the ignore list and
+    /// `filename_regex` (whose named groups are placeholders of the
+    /// templates).
+    pub names: NameFilter,
     /// Also look in sub-folders.
     pub recursive: bool,
     /// Poll the folder at this interval instead of using inotify.
     pub poll: Option<Duration>,
-    /// Names never taken (temp files); `None` means the built-in list.
-    pub ignore: Option<GlobSet>,
-    /// Files whose names do not match are not taken; its named groups are
-    /// placeholders of the templates.
-    pub filename_regex: Option<Regex>,
+    /// This rule's settle time; `None` means `[daemon] settle`.
+    pub settle: Option<Duration>,
     /// The PatchKit app the builds go to.
     pub app_secret: String,
     /// The version label template.
@@ -52,14 +54,22 @@ pub struct Rule {
 }
 
 impl Rule {
-    /// Whether a file name (not a path) is a build for this rule: it matches
-    /// the pattern and, when set, the filename regex.
-    pub fn matches(&self, file_name: &str) -> bool {
-        self.matcher.is_match(file_name)
-            && self
-                .filename_regex
-                .as_ref()
-                .is_none_or(|re| re.is_match(file_name))
+    /// What the rule makes of a file name (not a path): the one test the
+    /// watcher, intake and `check` share.
+    pub fn takes(&self, file_name: &OsStr) -> Take {
+        self.names.takes(file_name)
+    }
+
+    /// What the watcher needs of the rule.
+    pub fn watch_spec(&self) -> WatchSpec {
+        WatchSpec {
+            rule: self.name.clone(),
+            folder: self.folder.clone(),
+            names: self.names.clone(),
+            recursive: self.recursive,
+            poll: self.poll,
+            settle: self.settle,
+        }
     }
 }
 
@@ -166,6 +176,10 @@ impl Validator<'_> {
             Some(p) => self
                 .duration(Some(p), &format!("{ctx} poll"), "30s", Zero::Refused)
                 .map(Some),
+        };
+        let settle = match raw.settle {
+            None => Some(None),
+            Some(s) => self.settle(Some(s), &format!("{ctx} settle")).map(Some),
         };
         let ignore = match &raw.ignore {
             None => Some(None),
@@ -382,11 +396,14 @@ impl Validator<'_> {
                 name: name?,
                 folder: folder?,
                 pattern: pattern.0,
-                matcher: matcher?,
+                names: NameFilter {
+                    matcher: matcher?,
+                    ignore: ignore?,
+                    regex: filename_regex?,
+                },
                 recursive,
                 poll: poll?,
-                ignore: ignore?,
-                filename_regex: filename_regex?,
+                settle: settle?,
                 app_secret: app_secret?,
                 label: label?,
                 changelog: changelog?,
@@ -519,17 +536,87 @@ enum Disposition {
     Move(PathBuf),
 }
 
-/// Whether two rules could both take the same file: same folder (or one
-/// inside the other's recursive tree) and patterns that share a name. Two
-/// globs share a name when a sample name made from either (each wildcard
-/// replaced by a plain letter) matches the other.
+/// Whether two rules could both take the same file: the same folder as the
+/// file system sees it (symlinks and `..` resolved, or the same device and
+/// inode), or one inside the other's recursive tree; and patterns that may
+/// share a name. The watcher refuses at run time any file two rules take
+/// all the same, so this check may err only on the side of refusing.
 pub(super) fn overlap(a: &Rule, b: &Rule) -> bool {
-    let same_tree = a.folder == b.folder
-        || (a.recursive && b.folder.starts_with(&a.folder))
-        || (b.recursive && a.folder.starts_with(&b.folder));
+    let (fa, fb) = (seen_as(&a.folder), seen_as(&b.folder));
+    let same_tree = fa == fb
+        || same_inode(&a.folder, &b.folder)
+        || (a.recursive && fb.starts_with(&fa))
+        || (b.recursive && fa.starts_with(&fb));
     same_tree
-        && (a.matcher.is_match(sample_name(&b.pattern))
-            || b.matcher.is_match(sample_name(&a.pattern)))
+        && (patterns_may_share(&a.pattern, &b.pattern)
+            || a.names.matcher.is_match(sample_name(&b.pattern))
+            || b.names.matcher.is_match(sample_name(&a.pattern)))
+}
+
+/// The folder as the file system resolves it; a folder that does not
+/// exist yet is resolved as far as it does.
+fn seen_as(folder: &Path) -> PathBuf {
+    if let Ok(real) = std::fs::canonicalize(folder) {
+        return real;
+    }
+    let mut clean = PathBuf::new();
+    for part in folder.components() {
+        match part {
+            std::path::Component::ParentDir => {
+                clean.pop();
+            }
+            std::path::Component::CurDir => {}
+            other => clean.push(other),
+        }
+    }
+    match (clean.parent(), clean.file_name()) {
+        (Some(parent), Some(name)) if parent != clean => seen_as(parent).join(name),
+        _ => clean,
+    }
+}
+
+/// Whether both folders exist and are one (a bind mount, a hard-linked
+/// path that canonicalisation does not reveal).
+fn same_inode(a: &Path, b: &Path) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        match (std::fs::metadata(a), std::fs::metadata(b)) {
+            (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+            _ => false,
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (a, b);
+        false
+    }
+}
+
+/// Whether two globs may match one name: unless their literal beginnings
+/// (before the first wildcard) or literal ends (after the last) contradict
+/// each other, assume they can (`a*.zip` and `*b.zip` both match
+/// `ab.zip`).
+fn patterns_may_share(a: &str, b: &str) -> bool {
+    const WILD: &[char] = &['*', '?', '[', '{'];
+    let prefix = |p: &str| p.split(WILD).next().unwrap_or("").to_owned();
+    let suffix = |p: &str| {
+        if p.contains(WILD) {
+            p.rsplit(['*', '?', ']', '}'])
+                .next()
+                .unwrap_or("")
+                .to_owned()
+        } else {
+            p.to_owned()
+        }
+    };
+    let (pa, pb) = (prefix(a), prefix(b));
+    let (sa, sb) = (suffix(a), suffix(b));
+    let literal = |p: &str| !p.contains(WILD);
+    if literal(a) && literal(b) {
+        return a == b;
+    }
+    (pa.starts_with(&pb) || pb.starts_with(&pa)) && (sa.ends_with(&sb) || sb.ends_with(&sa))
 }
 
 fn sample_name(pattern: &str) -> String {
@@ -577,4 +664,46 @@ fn sample_name(pattern: &str) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn globs_share_a_name_unless_their_literal_ends_disagree() {
+        for (a, b) in [
+            ("a*.zip", "*b.zip"),
+            ("*.zip", "game.zip"),
+            ("*", "x*"),
+            ("Game-*-win64.zip", "Game-1.*"),
+        ] {
+            assert!(patterns_may_share(a, b), "{a} {b}");
+        }
+        for (a, b) in [
+            ("*-win64.zip", "*-mac.zip"),
+            ("win-*.zip", "mac-*.zip"),
+            ("game.zip", "other.zip"),
+            ("game.zip", "*-win.zip"),
+        ] {
+            assert!(!patterns_may_share(a, b), "{a} {b}");
+        }
+    }
+
+    #[test]
+    fn folders_are_compared_as_the_file_system_resolves_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().join("builds");
+        std::fs::create_dir(&real).unwrap();
+        std::os::unix::fs::symlink(&real, dir.path().join("alias")).unwrap();
+        let real_seen = seen_as(&real);
+        assert_eq!(seen_as(&dir.path().join("alias")), real_seen);
+        assert_eq!(seen_as(&dir.path().join("builds/../builds")), real_seen);
+        assert_eq!(
+            seen_as(&dir.path().join("alias/later")),
+            real_seen.join("later"),
+            "a folder that does not exist yet resolves through its parent"
+        );
+        assert!(same_inode(&real, &dir.path().join("alias")));
+    }
 }

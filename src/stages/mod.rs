@@ -215,12 +215,6 @@ async fn identity_now(build: &Build, stage: Stage) -> Result<FileIdentity, StepE
     Ok(FileIdentity::from_metadata(path, &meta))
 }
 
-/// Whether two identities are the same file content as far as the disk
-/// tells: size, modification time and inode.
-fn same_file(a: &FileIdentity, b: &FileIdentity) -> bool {
-    a.size == b.size && a.mtime_ns == b.mtime_ns && a.inode == b.inode
-}
-
 /// The file changed since `expected` was recorded. The build goes on with
 /// the new content, once it has stayed unchanged for `settle` (it may still
 /// be being written), unless another build already took the new file: then
@@ -249,7 +243,7 @@ async fn follow_changed_file(
         }
         pause(ctx, ctx.settle).await?;
         let again = identity_now(build, stage).await?;
-        if same_file(&again, &current) {
+        if again.same_content(&current) {
             return Ok(current);
         }
         current = again;

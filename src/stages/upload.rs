@@ -16,7 +16,7 @@ use crate::patchkit::{AckSink, BoxError, ErrorKind, UploadError, UploadId, Uploa
 use crate::state::{BuildState, FileIdentity, Stage};
 use crate::store::Build;
 
-use super::{StageCtx, StepError, advance, follow_changed_file, identity_now, same_file};
+use super::{StageCtx, StepError, advance, follow_changed_file, identity_now};
 
 /// Upload progress is logged at most this often, so a 20 GiB upload writes
 /// a few hundred lines, not thousands.
@@ -44,7 +44,7 @@ async fn start(ctx: &StageCtx, build: &Build, version_id: u64) -> Result<Build, 
         Err(e) => return Err(e.into()),
     }
     let mut identity = identity_now(build, Stage::Upload).await?;
-    if !same_file(&identity, &build.identity) {
+    if !identity.same_content(&build.identity) {
         identity = follow_changed_file(ctx, build, Stage::Upload, identity).await?;
         revalidate(build).await?;
     }
@@ -94,7 +94,7 @@ async fn send(ctx: &StageCtx, build: &Build) -> Result<Build, StepError> {
         return Ok(build.clone());
     };
     let now = identity_now(build, Stage::Upload).await?;
-    if !same_file(&now, identity) {
+    if !now.same_content(identity) {
         let changed = follow_changed_file(ctx, build, Stage::Upload, now).await?;
         revalidate(build).await?;
         return open_upload(ctx, build, changed).await;
@@ -142,7 +142,7 @@ async fn send(ctx: &StageCtx, build: &Build) -> Result<Build, StepError> {
     // A file rewritten in place during the upload keeps its size but not
     // its mtime: what was sent may mix two builds, so send it again.
     let after = identity_now(&latest, Stage::Upload).await?;
-    if !same_file(&after, identity) {
+    if !after.same_content(identity) {
         tracing::warn!(build = %build.id, "the file changed during the upload; uploading it again");
         return Ok(latest);
     }

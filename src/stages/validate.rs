@@ -6,11 +6,11 @@ use crate::archive;
 use crate::state::Stage;
 use crate::store::Build;
 
-use super::{StageCtx, StepError, advance, follow_changed_file, identity_now, same_file};
+use super::{StageCtx, StepError, advance, follow_changed_file, identity_now};
 
 pub(super) async fn run(ctx: &StageCtx, build: &Build) -> Result<Build, StepError> {
     let now = identity_now(build, Stage::Validate).await?;
-    if !same_file(&now, &build.identity) {
+    if !now.same_content(&build.identity) {
         follow_changed_file(ctx, build, Stage::Validate, now).await?;
     }
     let path = build.file.clone();

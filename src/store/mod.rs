@@ -190,6 +190,10 @@ struct Inner {
     meta: sled::Tree,
     /// The state directory.
     dir: PathBuf,
+    /// Told every record written, after it is flushed: the change feed
+    /// that keeps the observer (status, metrics, events) in step with the
+    /// store.
+    listener: std::sync::RwLock<Option<ChangeListener>>,
     /// Holds the exclusive lock on `state_dir/lock` while the store is open.
     /// Declared last so it is released after the database is dropped.
     _lock: File,
@@ -213,7 +217,29 @@ impl std::fmt::Debug for Store {
     }
 }
 
+/// A function told about every build record the store writes.
+pub type ChangeListener = Arc<dyn Fn(&Build) + Send + Sync>;
+
 impl Store {
+    /// Tells `listener` about every build record written from now on (new,
+    /// transitioned, attempts recorded or cleared), right after the write is
+    /// flushed: a change and its announcement are one operation.
+    pub fn on_change(&self, listener: impl Fn(&Build) + Send + Sync + 'static) {
+        *self.inner.listener.write().expect("store listener lock") = Some(Arc::new(listener));
+    }
+
+    fn announce(&self, build: &Build) {
+        let listener = self
+            .inner
+            .listener
+            .read()
+            .expect("store listener lock")
+            .clone();
+        if let Some(listener) = listener {
+            listener(build);
+        }
+    }
+
     /// Opens (creating if needed) the store in `state_dir`. Blocks.
     ///
     /// Fails with [`StoreError::Locked`] if another process, or another open
@@ -251,6 +277,7 @@ impl Store {
                 meta: db.open_tree("meta")?,
                 db,
                 dir,
+                listener: std::sync::RwLock::new(None),
                 _lock: lock,
             }),
         };
@@ -357,6 +384,7 @@ impl Store {
         match outcome {
             Ok(()) => {
                 inner.db.flush_async().await?;
+                self.announce(&build);
                 Ok(Enqueued::New(Box::new(build)))
             }
             Err(TransactionError::Abort(existing)) => Ok(Enqueued::Existing(decode_id(
@@ -452,6 +480,7 @@ impl Store {
         };
         inner.db.flush_async().await?;
         crate::crashpoint::hit("after-store-write");
+        self.announce(&build);
         Ok(build)
     }
 

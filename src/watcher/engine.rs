@@ -1,5 +1,6 @@
 //! The watcher task: one `select!` over commands, notify messages, settle
-//! timers, the rescan interval and the missing-folder retry.
+//! timers, the rescan interval and the missing-folder retry. Folder
+//! handling lives in `folders.rs`, settle timers in `settle.rs`.
 //!
 //! All file system access (stat, directory reads, ZIP checks) runs in
 //! `spawn_blocking`, one batch per step, so a slow share never stalls the
@@ -8,7 +9,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use notify::event::{AccessKind, AccessMode, CreateKind, ModifyKind, RenameMode};
@@ -18,12 +19,11 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::scan::{Place, is_wanted, place};
-use super::{
-    Candidate, FALLBACK_POLL, FOLDER_RETRY, FileId, WatchError, WatchEvent, WatchOptions,
-    WatchSpec, scan_folder,
-};
-use crate::archive::{self, ArchiveError};
+use super::folders::folder_identity;
+use super::scan::{Place, place};
+use super::settle::Pending;
+use super::{Take, WatchError, WatchEvent, WatchOptions, WatchSpec, scan_folder};
+use crate::state::FileIdentity;
 
 /// Events waiting for the daemon. A full buffer makes the watcher wait,
 /// which is the backpressure we want; 256 covers a large drop of builds
@@ -32,49 +32,39 @@ const EVENT_BUFFER: usize = 256;
 
 /// The shortest rescan interval: below it the safety scan would be a busy
 /// loop.
-const MIN_RESCAN: Duration = Duration::from_secs(1);
+pub(super) const MIN_RESCAN: Duration = Duration::from_secs(1);
 
 /// A command from the [`super::WatcherHandle`].
 #[derive(Debug)]
-pub(super) enum Command {
+pub(super) enum WatcherCommand {
     Update(Vec<WatchSpec>),
     Rescan,
 }
 
 /// Which notify watcher a message came from.
 #[derive(Debug, Clone)]
-enum Source {
+pub(super) enum Source {
     Inotify,
     /// The poll watcher of this rule.
     Poll(String),
 }
 
 /// A message from a notify thread.
-struct FsMessage {
+pub(super) struct FsMessage {
     source: Source,
     result: notify::Result<Event>,
 }
 
-/// A file the settle timer is following.
-type Key = (String, PathBuf);
+/// A file the settle timer is following: (rule, path).
+pub(super) type Key = (String, PathBuf);
 
 /// A settle timer entry: when it fires, and a tie-breaker so two files due
 /// at the same instant both fit in the map.
-type TimerKey = (Instant, u64);
-
-#[derive(Debug)]
-struct Pending {
-    /// What the last check saw; `None` until the first check.
-    seen: Option<FileId>,
-    /// An event arrived since the last check.
-    touched: bool,
-    /// This entry's slot in `Engine::timers`.
-    timer: TimerKey,
-}
+pub(super) type TimerKey = (Instant, u64);
 
 /// What the watcher knows about a rule folder.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum FolderState {
+pub(super) enum FolderState {
     /// Not checked yet (a new rule).
     Unknown,
     /// Missing, reported as such.
@@ -86,20 +76,23 @@ enum FolderState {
 
 /// How a rule folder is watched.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Mode {
+pub(super) enum Mode {
     Inotify,
     Poll(Duration),
 }
 
-struct RuleState {
-    spec: WatchSpec,
-    folder: FolderState,
-    mode: Mode,
+pub(super) struct RuleState {
+    pub(super) spec: WatchSpec,
+    pub(super) folder: FolderState,
+    pub(super) mode: Mode,
     /// The rule's own poll watcher while it is in poll mode and its folder
     /// is present. Dropping it stops its thread.
-    poller: Option<PollWatcher>,
+    pub(super) poller: Option<PollWatcher>,
     /// The last `WatchEvent::Error` message, so it is not repeated.
-    last_error: Option<String>,
+    pub(super) last_error: Option<String>,
+    /// The folder as the file system resolves it (symlinks, `..`), while it
+    /// is present: how a file two rules would both take is recognised.
+    pub(super) canonical: Option<PathBuf>,
 }
 
 impl RuleState {
@@ -114,46 +107,49 @@ impl RuleState {
             mode,
             poller: None,
             last_error: None,
+            canonical: None,
         }
     }
 
-    fn present(&self) -> bool {
+    pub(super) fn present(&self) -> bool {
         matches!(self.folder, FolderState::Present(_))
     }
 }
 
 /// The loop ended: cancelled, or nobody listens any more.
-struct Stop;
+pub(super) struct Stop;
 
-type Flow = Result<(), Stop>;
+pub(super) type Flow = Result<(), Stop>;
 
 pub(super) struct Engine {
-    opts: WatchOptions,
+    pub(super) opts: WatchOptions,
     cancel: CancellationToken,
     /// Events to the daemon.
     events: mpsc::Sender<WatchEvent>,
     /// Handed to every notify watcher's handler.
-    fs_tx: mpsc::UnboundedSender<FsMessage>,
+    pub(super) fs_tx: mpsc::UnboundedSender<FsMessage>,
     fs_rx: mpsc::UnboundedReceiver<FsMessage>,
     /// One inotify instance for every inotify-mode rule (instances are
     /// limited per user; watches are cheaper).
-    inotify: RecommendedWatcher,
+    pub(super) inotify: RecommendedWatcher,
     /// Folders the inotify instance watches, and how.
-    inotify_folders: HashMap<PathBuf, RecursiveMode>,
-    rules: BTreeMap<String, RuleState>,
+    pub(super) inotify_folders: HashMap<PathBuf, RecursiveMode>,
+    pub(super) rules: BTreeMap<String, RuleState>,
     /// Files being settled.
-    pending: HashMap<Key, Pending>,
+    pub(super) pending: HashMap<Key, Pending>,
     /// Settle timers in firing order.
-    timers: BTreeMap<TimerKey, Key>,
-    next_timer_id: u64,
-    /// Every (rule, path, identity) emitted, as Candidate or Invalid.
-    emitted: HashSet<(String, PathBuf, FileId)>,
+    pub(super) timers: BTreeMap<TimerKey, Key>,
+    pub(super) next_timer_id: u64,
+    /// Every (rule, identity) emitted, as Candidate or Invalid.
+    pub(super) emitted: HashSet<(String, FileIdentity)>,
+    /// Every (rule, identity) refused by `filename_regex` and reported.
+    refused: HashSet<(String, FileIdentity)>,
     /// Rules to scan once the current step is done (a folder appeared
     /// inside a recursive rule).
-    scan_soon: BTreeSet<String>,
+    pub(super) scan_soon: BTreeSet<String>,
     /// When missing folders are looked for next; `None` while none is
     /// missing, so an idle watcher has no such timer.
-    retry_at: Option<Instant>,
+    pub(super) retry_at: Option<Instant>,
 }
 
 /// Drops the access events our own ZIP checks cause (open, read, close
@@ -169,7 +165,7 @@ fn worth_sending(result: &notify::Result<Event>) -> bool {
     }
 }
 
-fn handler(
+pub(super) fn handler(
     tx: mpsc::UnboundedSender<FsMessage>,
     source: Source,
 ) -> impl FnMut(notify::Result<Event>) + Send + 'static {
@@ -215,13 +211,26 @@ impl Engine {
             timers: BTreeMap::new(),
             next_timer_id: 0,
             emitted: HashSet::new(),
+            refused: HashSet::new(),
             scan_soon: BTreeSet::new(),
             retry_at: None,
         };
         Ok((engine, events_rx))
     }
 
-    pub(super) async fn run(mut self, mut commands: mpsc::UnboundedReceiver<Command>) {
+    /// The settle time of a rule.
+    pub(super) fn settle_of(&self, rule: &str) -> Duration {
+        self.rules
+            .get(rule)
+            .and_then(|r| r.spec.settle)
+            .unwrap_or(self.opts.settle)
+    }
+
+    pub(super) async fn run(mut self, mut commands: mpsc::UnboundedReceiver<WatcherCommand>) {
+        if self.opts.drain {
+            self.drain().await;
+            return;
+        }
         info!(rules = self.rules.len(), "watching rule folders");
         if self.full_check(None).await.is_err() {
             return;
@@ -262,34 +271,61 @@ impl Engine {
                     self.full_check(Some(missing)).await
                 }
             };
-            let flow = match flow {
-                Ok(()) if !self.scan_soon.is_empty() => {
-                    let names = std::mem::take(&mut self.scan_soon);
-                    self.scan_rules(names.into_iter().collect()).await
-                }
-                flow => flow,
-            };
-            if flow.is_err() {
+            if self.after_step(flow).await.is_err() {
                 break;
             }
         }
         info!("file watcher stopped");
     }
 
-    async fn emit(&self, event: WatchEvent) -> Flow {
+    /// `--once`: one scan of every folder, then the settle timers until
+    /// every file found is emitted or let go.
+    async fn drain(&mut self) {
+        info!(
+            rules = self.rules.len(),
+            "taking what is in the rule folders"
+        );
+        let mut flow = self.full_check(None).await;
+        while flow.is_ok() {
+            flow = self.after_step(flow).await;
+            let Some(next) = self.timers.first_key_value().map(|(&(due, _), _)| due) else {
+                break;
+            };
+            flow = tokio::select! {
+                _ = self.cancel.cancelled() => Err(Stop),
+                _ = tokio::time::sleep_until(next) => self.check_due().await,
+            };
+        }
+        if flow.is_ok() {
+            let _ = self.emit(WatchEvent::Drained).await;
+        }
+    }
+
+    /// Scans the rules a step asked for (a folder appeared in a recursive
+    /// rule, a refused name was seen).
+    async fn after_step(&mut self, flow: Flow) -> Flow {
+        flow?;
+        if self.scan_soon.is_empty() {
+            return Ok(());
+        }
+        let names = std::mem::take(&mut self.scan_soon);
+        self.scan_rules(names.into_iter().collect()).await
+    }
+
+    pub(super) async fn emit(&self, event: WatchEvent) -> Flow {
         tokio::select! {
             sent = self.events.send(event) => sent.map_err(|_| Stop),
             _ = self.cancel.cancelled() => Err(Stop),
         }
     }
 
-    async fn command(&mut self, command: Command) -> Flow {
+    async fn command(&mut self, command: WatcherCommand) -> Flow {
         match command {
-            Command::Rescan => {
+            WatcherCommand::Rescan => {
                 info!("rescan requested");
                 self.full_check(None).await
             }
-            Command::Update(specs) => self.update(specs).await,
+            WatcherCommand::Update(specs) => self.update(specs).await,
         }
     }
 
@@ -308,7 +344,7 @@ impl Engine {
                 }
                 _ => true,
             };
-            self.forget_pending(&name);
+            self.forget_pending(&name).await?;
             if rewatch {
                 // Dropping the state drops its poll watcher; the inotify
                 // watch goes in `reconcile_watches` once no rule needs it.
@@ -323,6 +359,9 @@ impl Engine {
                 }
             }
         }
+        // The changed rules look at the files they refused again: the
+        // refusal told the person to change the rule.
+        self.refused.clear();
         info!(rules = self.rules.len(), "rule set updated");
         self.full_check(None).await
     }
@@ -344,223 +383,26 @@ impl Engine {
                 .into_iter()
                 .map(|(name, folder)| {
                     let state = folder_identity(&folder);
-                    (name, state)
+                    let canonical = std::fs::canonicalize(&folder).ok();
+                    (name, state, canonical)
                 })
                 .collect::<Vec<_>>()
         })
         .await;
         let mut to_scan = Vec::new();
-        for (name, state) in stats {
+        for (name, state, canonical) in stats {
             self.apply_folder(&name, state).await?;
+            if let Some(rule) = self.rules.get_mut(&name) {
+                rule.canonical = canonical;
+            }
             to_scan.push(name);
         }
         self.reconcile_watches().await?;
         self.scan_rules(to_scan).await
     }
 
-    /// Records what a folder check found, reporting a folder that went
-    /// missing or came back.
-    async fn apply_folder(&mut self, name: &str, state: io::Result<(u64, u64)>) -> Flow {
-        let Some(rule) = self.rules.get_mut(name) else {
-            return Ok(());
-        };
-        let folder = rule.spec.folder.clone();
-        match (rule.folder, state) {
-            (FolderState::Present(old), Ok(id)) if old == id => Ok(()),
-            (FolderState::Present(_), Ok(id)) => {
-                info!(rule = name, folder = %folder.display(), "rule folder was replaced; watching the new one");
-                rule.folder = FolderState::Present(id);
-                rule.poller = None;
-                self.unwatch_inotify(&folder);
-                Ok(())
-            }
-            (FolderState::Unknown, Ok(id)) => {
-                rule.folder = FolderState::Present(id);
-                Ok(())
-            }
-            (FolderState::Missing, Ok(id)) => {
-                info!(rule = name, folder = %folder.display(), "rule folder is back; watching it again");
-                rule.folder = FolderState::Present(id);
-                self.emit(WatchEvent::FolderBack {
-                    rule: name.to_owned(),
-                    folder,
-                })
-                .await
-            }
-            (FolderState::Missing, Err(_)) => Ok(()),
-            (FolderState::Unknown | FolderState::Present(_), Err(err)) => {
-                warn!(
-                    rule = name,
-                    folder = %folder.display(),
-                    "rule folder is missing ({err}); create or mount it. Looking for it again every {}",
-                    humantime::format_duration(FOLDER_RETRY)
-                );
-                rule.folder = FolderState::Missing;
-                rule.poller = None;
-                self.forget_pending(name);
-                self.emit(WatchEvent::FolderMissing {
-                    rule: name.to_owned(),
-                    folder,
-                })
-                .await
-            }
-        }
-    }
-
-    fn unwatch_inotify(&mut self, folder: &Path) {
-        if self.inotify_folders.remove(folder).is_some() {
-            // Fails when the kernel already dropped the watch (the folder
-            // was deleted); either way it is gone.
-            let _ = self.inotify.unwatch(folder);
-        }
-    }
-
-    /// Makes the notify watches match the rules: one inotify watch per
-    /// present folder in inotify mode, one poll watcher per present rule
-    /// in poll mode.
-    async fn reconcile_watches(&mut self) -> Flow {
-        let mut wanted: HashMap<PathBuf, RecursiveMode> = HashMap::new();
-        for rule in self.rules.values() {
-            if rule.present() && rule.mode == Mode::Inotify {
-                let mode = wanted
-                    .entry(rule.spec.folder.clone())
-                    .or_insert(RecursiveMode::NonRecursive);
-                if rule.spec.recursive {
-                    *mode = RecursiveMode::Recursive;
-                }
-            }
-        }
-        let stale: Vec<PathBuf> = self
-            .inotify_folders
-            .iter()
-            .filter(|(folder, mode)| wanted.get(*folder) != Some(*mode))
-            .map(|(folder, _)| folder.clone())
-            .collect();
-        for folder in stale {
-            self.unwatch_inotify(&folder);
-        }
-        for (folder, mode) in wanted {
-            if self.inotify_folders.contains_key(&folder) {
-                continue;
-            }
-            match self.inotify.watch(&folder, mode) {
-                Ok(()) => {
-                    debug!(folder = %folder.display(), ?mode, "inotify watch added");
-                    self.inotify_folders.insert(folder.clone(), mode);
-                    for rule in self.rules.values_mut() {
-                        if rule.spec.folder == folder {
-                            rule.last_error = None;
-                        }
-                    }
-                }
-                Err(err) => self.watch_failed(&folder, err).await?,
-            }
-        }
-        for (name, rule) in self.rules.iter_mut() {
-            match (rule.mode, rule.present(), rule.poller.is_some()) {
-                (Mode::Poll(interval), true, false) => {
-                    let config = notify::Config::default().with_poll_interval(interval);
-                    let source = Source::Poll(name.clone());
-                    match PollWatcher::new(handler(self.fs_tx.clone(), source), config) {
-                        Ok(mut poller) => {
-                            let mode = if rule.spec.recursive {
-                                RecursiveMode::Recursive
-                            } else {
-                                RecursiveMode::NonRecursive
-                            };
-                            // A poll watcher reports a failure to read the
-                            // folder through its handler, not here.
-                            let _ = poller.watch(&rule.spec.folder, mode);
-                            debug!(rule = %name, interval = ?interval, "polling rule folder");
-                            rule.poller = Some(poller);
-                        }
-                        Err(err) => warn!(rule = %name, "cannot start the poll watcher: {err}"),
-                    }
-                }
-                (_, false, true) | (Mode::Inotify, _, true) => rule.poller = None,
-                _ => {}
-            }
-        }
-        Ok(())
-    }
-
-    /// Handles a failed inotify watch: the watch limit moves the folder's
-    /// rules to polling; a vanished folder is reported missing; anything
-    /// else is reported and retried on the next rescan.
-    async fn watch_failed(&mut self, folder: &Path, err: notify::Error) -> Flow {
-        let names: Vec<String> = self
-            .rules
-            .iter()
-            .filter(|(_, rule)| rule.spec.folder == folder && rule.mode == Mode::Inotify)
-            .map(|(name, _)| name.clone())
-            .collect();
-        match err.kind {
-            notify::ErrorKind::MaxFilesWatch => {
-                // A recursive watch may have been half added.
-                let _ = self.inotify.unwatch(folder);
-                for name in names {
-                    self.fall_back_to_polling(&name).await?;
-                }
-                Ok(())
-            }
-            notify::ErrorKind::PathNotFound => {
-                for name in names {
-                    let gone = io::Error::from(io::ErrorKind::NotFound);
-                    self.apply_folder(&name, Err(gone)).await?;
-                }
-                Ok(())
-            }
-            _ => {
-                for name in names {
-                    let message = format!(
-                        "cannot watch {}: {err}; new files are found only by the rescan every {} \
-                         until this is fixed",
-                        folder.display(),
-                        humantime::format_duration(self.opts.rescan.max(MIN_RESCAN)),
-                    );
-                    self.report_error(&name, message).await?;
-                }
-                Ok(())
-            }
-        }
-    }
-
-    async fn fall_back_to_polling(&mut self, name: &str) -> Flow {
-        let Some(rule) = self.rules.get_mut(name) else {
-            return Ok(());
-        };
-        if rule.mode != Mode::Inotify {
-            return Ok(());
-        }
-        rule.mode = Mode::Poll(FALLBACK_POLL);
-        let message = format!(
-            "cannot watch {}: the inotify watch limit is reached; raise the \
-             `fs.inotify.max_user_watches` sysctl (e.g. `sysctl fs.inotify.max_user_watches=524288`, \
-             and persist it in /etc/sysctl.d/). Polling this folder every {} meanwhile",
-            rule.spec.folder.display(),
-            humantime::format_duration(FALLBACK_POLL),
-        );
-        self.report_error(name, message).await
-    }
-
-    async fn report_error(&mut self, name: &str, message: String) -> Flow {
-        let Some(rule) = self.rules.get_mut(name) else {
-            return Ok(());
-        };
-        if rule.last_error.as_deref() == Some(message.as_str()) {
-            return Ok(());
-        }
-        warn!(rule = name, "{message}");
-        rule.last_error = Some(message.clone());
-        self.emit(WatchEvent::Error {
-            rule: name.to_owned(),
-            message,
-        })
-        .await
-    }
-
     /// Scans the named rules' folders and starts settling what is new.
-    async fn scan_rules(&mut self, names: Vec<String>) -> Flow {
+    pub(super) async fn scan_rules(&mut self, names: Vec<String>) -> Flow {
         let specs: Vec<WatchSpec> = names
             .iter()
             .filter_map(|name| self.rules.get(name))
@@ -580,18 +422,23 @@ impl Engine {
                 .collect::<Vec<_>>()
         })
         .await;
-        let due = Instant::now() + self.opts.settle;
+        let now = Instant::now();
         for (name, found) in results {
             match found {
                 Ok(mut files) => {
                     debug!(rule = %name, files = files.len(), "scanned rule folder");
-                    // Settled together, they are emitted in this order: oldest
-                    // first, the best record of arrival for files dropped
-                    // while the daemon was down (builds of one app must reach
-                    // PatchKit in arrival order).
-                    files.sort_by(|a, b| (a.1.mtime, &a.0).cmp(&(b.1.mtime, &b.0)));
-                    for (path, id) in files {
-                        self.seen_by_scan(&name, path, id, due);
+                    // Oldest first: the `Settling` notices, and so the
+                    // settle timers, follow arrival.
+                    files.sort_by(|a, b| (a.0.mtime_ns, &a.0.path).cmp(&(b.0.mtime_ns, &b.0.path)));
+                    let due = now + self.settle_of(&name);
+                    for (identity, take) in files {
+                        if take == Take::Refused {
+                            self.refused_seen(&name, identity);
+                            continue;
+                        }
+                        if let Some(event) = self.seen_by_scan(&name, identity, due) {
+                            self.emit(event).await?;
+                        }
                     }
                 }
                 Err(err) if err.kind() == io::ErrorKind::NotFound => {
@@ -609,48 +456,18 @@ impl Engine {
         Ok(())
     }
 
-    /// A scan saw a file: follow it unless it was already emitted as is.
-    /// A file seen for the first time is taken if the check one settle
-    /// period later sees it unchanged.
-    fn seen_by_scan(&mut self, rule: &str, path: PathBuf, id: FileId, due: Instant) {
-        let key = (rule.to_owned(), path);
-        if let Some(pending) = self.pending.get_mut(&key) {
-            if pending.seen != Some(id) {
-                pending.touched = true;
-            }
-            return;
+    /// Tells, once per file and content, that the rule's `filename_regex`
+    /// refuses a file its pattern matches.
+    fn refused_seen(&mut self, rule: &str, identity: FileIdentity) {
+        let path = identity.path.clone();
+        if self.refused.insert((rule.to_owned(), identity)) {
+            warn!(
+                rule,
+                "{} does not match filename_regex of rule {rule:?}, so it is not taken; rename it \
+                 or change the rule",
+                path.display()
+            );
         }
-        if self.emitted.contains(&(key.0.clone(), key.1.clone(), id)) {
-            return;
-        }
-        debug!(rule, path = %key.1.display(), "scan found a file to settle");
-        let timer = self.arm(key.clone(), due);
-        self.pending.insert(
-            key,
-            Pending {
-                seen: Some(id),
-                touched: false,
-                timer,
-            },
-        );
-    }
-
-    fn arm(&mut self, key: Key, due: Instant) -> TimerKey {
-        let timer = (due, self.next_timer_id);
-        self.next_timer_id += 1;
-        self.timers.insert(timer, key);
-        timer
-    }
-
-    fn forget_pending(&mut self, rule: &str) {
-        let timers = &mut self.timers;
-        self.pending.retain(|(name, _), pending| {
-            let keep = name != rule;
-            if !keep {
-                timers.remove(&pending.timer);
-            }
-            keep
-        });
     }
 
     /// Handles one notify message and whatever else is already queued.
@@ -748,216 +565,31 @@ impl Engine {
                             if rule.spec.recursive {
                                 self.scan_soon.insert(name.clone());
                             }
-                        } else if is_wanted(&rule.spec, file_name) {
-                            nudged.push((name.clone(), path.clone()));
-                        } else if maybe_folder && rule.spec.recursive {
-                            self.scan_soon.insert(name.clone());
+                        } else {
+                            match rule.spec.names.takes(file_name) {
+                                Take::Yes => nudged.push((name.clone(), path.clone())),
+                                // A scan reports the refusal, once.
+                                Take::Refused => {
+                                    self.scan_soon.insert(name.clone());
+                                }
+                                Take::No if maybe_folder && rule.spec.recursive => {
+                                    self.scan_soon.insert(name.clone());
+                                }
+                                Take::No => {}
+                            }
                         }
                     }
                 }
             }
         }
         for key in nudged {
-            if let Some(pending) = self.pending.get_mut(&key) {
-                pending.touched = true;
-                continue;
-            }
-            debug!(rule = %key.0, path = %key.1.display(), kind = ?event.kind, "file event; settling");
-            let timer = self.arm(key.clone(), now);
-            self.pending.insert(
-                key,
-                Pending {
-                    seen: None,
-                    touched: false,
-                    timer,
-                },
-            );
+            self.nudged(key, now);
         }
-    }
-
-    /// Checks every file whose settle timer is due, in one blocking batch.
-    async fn check_due(&mut self) -> Flow {
-        let now = Instant::now();
-        let mut jobs = Vec::new();
-        while let Some(entry) = self.timers.first_entry() {
-            if entry.key().0 > now {
-                break;
-            }
-            let key = entry.remove();
-            if let Some(pending) = self.pending.get(&key) {
-                let stable = if pending.touched { None } else { pending.seen };
-                jobs.push((key, stable));
-            }
-        }
-        if jobs.is_empty() {
-            return Ok(());
-        }
-        let outcomes = blocking(move || {
-            jobs.into_iter()
-                .map(|(key, stable)| {
-                    let outcome = check_file(&key.1, stable);
-                    (key, outcome)
-                })
-                .collect::<Vec<_>>()
-        })
-        .await;
-        let rearm = Instant::now() + self.opts.settle;
-        for (key, outcome) in outcomes {
-            match outcome {
-                Outcome::Gone => {
-                    debug!(rule = %key.0, path = %key.1.display(), "file went away before settling");
-                    self.pending.remove(&key);
-                }
-                Outcome::NotAFile { folder } => {
-                    self.pending.remove(&key);
-                    if folder && self.rules.get(&key.0).is_some_and(|r| r.spec.recursive) {
-                        self.scan_soon.insert(key.0);
-                    }
-                }
-                Outcome::Unreadable(err) => {
-                    debug!(rule = %key.0, path = %key.1.display(), "cannot stat file: {err}");
-                    self.pending.remove(&key);
-                }
-                Outcome::Changed(id) => {
-                    if self.emitted.contains(&(key.0.clone(), key.1.clone(), id)) {
-                        self.pending.remove(&key);
-                        continue;
-                    }
-                    let timer = self.arm(key.clone(), rearm);
-                    if let Some(pending) = self.pending.get_mut(&key) {
-                        pending.seen = Some(id);
-                        pending.touched = false;
-                        pending.timer = timer;
-                    }
-                }
-                Outcome::Settled(id, verdict) => {
-                    self.pending.remove(&key);
-                    self.take(key, id, verdict).await?;
-                }
-            }
-        }
-        Ok(())
-    }
-
-    async fn take(
-        &mut self,
-        (rule, path): Key,
-        identity: FileId,
-        verdict: Result<archive::ArchiveSummary, ArchiveError>,
-    ) -> Flow {
-        if !self.rules.contains_key(&rule)
-            || !self.emitted.insert((rule.clone(), path.clone(), identity))
-        {
-            return Ok(());
-        }
-        let event = match verdict {
-            Ok(summary) => {
-                info!(
-                    rule = %rule,
-                    path = %path.display(),
-                    size = identity.size,
-                    entries = summary.entries,
-                    "build file settled; taking it"
-                );
-                WatchEvent::Candidate(Candidate {
-                    rule,
-                    path,
-                    identity,
-                })
-            }
-            Err(error) => {
-                warn!(
-                    rule = %rule,
-                    "{error}. It is left alone until it changes"
-                );
-                WatchEvent::Invalid {
-                    rule,
-                    path,
-                    error,
-                    identity,
-                }
-            }
-        };
-        self.emit(event).await
-    }
-
-    fn refresh_retry(&mut self) {
-        let any_missing = self
-            .rules
-            .values()
-            .any(|rule| rule.folder == FolderState::Missing);
-        self.retry_at = match (any_missing, self.retry_at) {
-            (false, _) => None,
-            (true, None) => Some(Instant::now() + FOLDER_RETRY),
-            (true, at) => at,
-        };
-    }
-}
-
-/// What a settle check found.
-enum Outcome {
-    Gone,
-    NotAFile {
-        folder: bool,
-    },
-    Unreadable(io::Error),
-    /// Different from the last check (or first seen, or an event came in
-    /// between): wait another settle period.
-    Changed(FileId),
-    /// Unchanged for the settle period; the ZIP check's verdict.
-    Settled(FileId, Result<archive::ArchiveSummary, ArchiveError>),
-}
-
-/// Looks at a file again; `stable` is what the previous check saw if no
-/// event arrived since. Blocking.
-fn check_file(path: &Path, stable: Option<FileId>) -> Outcome {
-    let id = match stat_file(path) {
-        Ok(id) => id,
-        Err(outcome) => return outcome,
-    };
-    if stable != Some(id) {
-        return Outcome::Changed(id);
-    }
-    let verdict = archive::validate(path);
-    // A write that started while the central directory was being read
-    // would make the verdict stale.
-    match stat_file(path) {
-        Ok(after) if after == id => Outcome::Settled(id, verdict),
-        Ok(after) => Outcome::Changed(after),
-        Err(outcome) => outcome,
-    }
-}
-
-fn stat_file(path: &Path) -> Result<FileId, Outcome> {
-    match std::fs::metadata(path) {
-        Ok(meta) if meta.is_file() => Ok(FileId::of(&meta)),
-        Ok(meta) => Err(Outcome::NotAFile {
-            folder: meta.is_dir(),
-        }),
-        Err(err) if err.kind() == io::ErrorKind::NotFound => Err(Outcome::Gone),
-        Err(err) => Err(Outcome::Unreadable(err)),
-    }
-}
-
-/// The (device, inode) of a folder, or why it is not a usable folder.
-fn folder_identity(folder: &Path) -> io::Result<(u64, u64)> {
-    let meta = std::fs::metadata(folder)?;
-    if !meta.is_dir() {
-        return Err(io::Error::new(io::ErrorKind::NotADirectory, "not a folder"));
-    }
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::MetadataExt;
-        Ok((meta.dev(), meta.ino()))
-    }
-    #[cfg(not(unix))]
-    {
-        Ok((0, 0))
     }
 }
 
 /// Runs file system work off the async threads.
-async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
+pub(super) async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
     match tokio::task::spawn_blocking(work).await {
         Ok(value) => value,
         Err(err) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),

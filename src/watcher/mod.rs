@@ -8,17 +8,29 @@
 //! - a scan of every rule folder at start, every `rescan` interval, after
 //!   a notify queue overflow, and on [`WatcherHandle::rescan_now`].
 //!
-//! A file is taken when its size, mtime and inode stayed the same for
-//! `settle` with no event in between; then its ZIP central directory is
-//! read ([`crate::archive::validate`]). A readable one becomes
+//! A file is taken when its size, mtime and inode stayed the same for its
+//! rule's `settle` with no event in between; then its ZIP central directory
+//! is read ([`crate::archive::validate`]). A readable one becomes
 //! [`WatchEvent::Candidate`], an unreadable one [`WatchEvent::Invalid`].
-//! Either is emitted once per identity for the watcher's lifetime.
+//! Either is emitted once per identity for the watcher's lifetime. A file
+//! that looks like an unfinished copy (empty, or a ZIP whose end is
+//! missing) is looked at again after [`unfinished_grace`] before it is
+//! emitted as invalid. While a file settles the daemon hears
+//! [`WatchEvent::Settling`] with its arrival, so no newer build of its app
+//! overtakes it.
+//!
+//! Every file decision lives here: watch mode, the startup scan, rescans
+//! and `--once` ([`WatchOptions::drain`]: scan once, settle what was found,
+//! then [`WatchEvent::Drained`]) run the same engine.
 //!
 //! Architecture invariant: the watcher never writes the store and knows
 //! nothing about PatchKit. Deduplication across restarts is the store's job.
 
 mod engine;
+mod filter;
+mod folders;
 mod scan;
+mod settle;
 
 use std::path::PathBuf;
 use std::sync::LazyLock;
@@ -30,8 +42,26 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::archive::ArchiveError;
+use crate::state::{Arrival, FileIdentity};
 
-pub use scan::{FileId, scan_folder};
+pub use filter::{NameFilter, Take};
+pub use scan::scan_folder;
+
+/// The shortest settle time a rule may have: below it a copy that pauses
+/// between two writes (a busy disk, a slow share) is taken half-written.
+pub const MIN_SETTLE: Duration = Duration::from_secs(1);
+
+/// The shortest wait before a file that looks like an unfinished copy is
+/// called broken, whatever `settle` is: copies over a network stall for
+/// tens of seconds far more often than a producer leaves a file cut short.
+pub const MIN_GRACE: Duration = Duration::from_secs(30);
+
+/// How long a file that looks like an unfinished copy (empty, or a ZIP
+/// whose end is missing) must stay unchanged before it is emitted as
+/// invalid: ten settle periods, and at least [`MIN_GRACE`].
+pub fn unfinished_grace(settle: Duration) -> Duration {
+    (settle * 10).max(MIN_GRACE)
+}
 
 /// Names skipped when a rule gives no ignore patterns of its own: the temp
 /// names of browsers, scp/WinSCP, rsync (`.name.XXXX`), editors and
@@ -81,16 +111,15 @@ pub struct WatchSpec {
     pub rule: String,
     /// The folder to watch.
     pub folder: PathBuf,
-    /// Matched against file names (not paths).
-    pub matcher: GlobMatcher,
+    /// Which file names are builds (the rule's own test).
+    pub names: NameFilter,
     /// Also look in sub-folders, at any depth.
     pub recursive: bool,
     /// Poll the folder at this interval instead of using inotify (for
     /// NFS/SMB shares written by other machines).
     pub poll: Option<Duration>,
-    /// File (and, for recursive rules, folder) names to skip; empty means
-    /// [`DEFAULT_IGNORE`].
-    pub ignore: GlobSet,
+    /// This rule's settle time; `None` means [`WatchOptions::settle`].
+    pub settle: Option<Duration>,
 }
 
 impl WatchSpec {
@@ -99,10 +128,10 @@ impl WatchSpec {
         WatchSpec {
             rule: rule.into(),
             folder: folder.into(),
-            matcher,
+            names: NameFilter::new(matcher),
             recursive: false,
             poll: None,
-            ignore: GlobSet::empty(),
+            settle: None,
         }
     }
 }
@@ -111,35 +140,50 @@ impl WatchSpec {
 #[derive(Debug, Clone, Copy)]
 pub struct WatchOptions {
     /// A file must keep the same size, mtime and inode this long, with no
-    /// event in between, before it is taken.
+    /// event in between, before it is taken (rules may set their own).
     pub settle: Duration,
     /// Interval of the safety scan of every folder (at least one second).
     pub rescan: Duration,
+    /// `--once`: scan every folder once, settle what is there, emit
+    /// [`WatchEvent::Drained`] and stop. No notify watches, no rescans.
+    pub drain: bool,
 }
 
-/// A settled build file whose ZIP central directory reads fine.
+/// A settled build file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Candidate {
-    /// The rule whose folder and glob it matched.
+    /// The rule whose folder and pattern it matched.
     pub rule: String,
     /// Where it is.
     pub path: PathBuf,
-    /// What it looked like when it was taken.
-    pub identity: FileId,
+    /// What it looked like when it settled and was checked: the identity
+    /// the store records.
+    pub identity: FileIdentity,
+    /// Its place in its app's queue.
+    pub arrival: Arrival,
 }
 
 /// What the watcher reports.
 #[derive(Debug)]
 pub enum WatchEvent {
+    /// A file the rule takes is being followed and has not settled; its
+    /// arrival so far. Sent when it is first seen and when its modification
+    /// time moves.
+    Settling {
+        rule: String,
+        path: PathBuf,
+        arrival: Arrival,
+    },
+    /// A file that was `Settling` is no longer followed and was not taken:
+    /// it went away, stopped being a file, or its rule or folder went.
+    Abandoned { rule: String, path: PathBuf },
     /// A build to publish.
     Candidate(Candidate),
     /// A settled file matching the rule that is not a ZIP PatchKit can take.
     /// Reported once per identity.
     Invalid {
-        rule: String,
-        path: PathBuf,
+        candidate: Candidate,
         error: ArchiveError,
-        identity: FileId,
     },
     /// The rule folder is missing (or stopped being a folder). Reported
     /// once; it is looked for every [`FOLDER_RETRY`] and on every rescan.
@@ -149,17 +193,22 @@ pub enum WatchEvent {
     /// The folder cannot be watched as asked; the message says why and what
     /// the watcher does instead. Reported once per distinct message.
     Error { rule: String, message: String },
+    /// `--once`: every file found has been emitted or let go; the watcher
+    /// has stopped.
+    Drained,
 }
 
 impl WatchEvent {
-    /// The rule the event is about.
-    pub fn rule(&self) -> &str {
+    /// The rule the event is about (`None` for [`WatchEvent::Drained`]).
+    pub fn rule(&self) -> Option<&str> {
         match self {
-            WatchEvent::Candidate(c) => &c.rule,
-            WatchEvent::Invalid { rule, .. }
+            WatchEvent::Candidate(c) | WatchEvent::Invalid { candidate: c, .. } => Some(&c.rule),
+            WatchEvent::Settling { rule, .. }
+            | WatchEvent::Abandoned { rule, .. }
             | WatchEvent::FolderMissing { rule, .. }
             | WatchEvent::FolderBack { rule, .. }
-            | WatchEvent::Error { rule, .. } => rule,
+            | WatchEvent::Error { rule, .. } => Some(rule),
+            WatchEvent::Drained => None,
         }
     }
 }
@@ -207,7 +256,7 @@ impl Watcher {
 #[derive(Debug)]
 pub struct WatcherHandle {
     /// Commands to the watcher task.
-    commands: mpsc::UnboundedSender<engine::Command>,
+    commands: mpsc::UnboundedSender<engine::WatcherCommand>,
     /// The watcher task, awaited by [`WatcherHandle::stopped`].
     task: JoinHandle<()>,
 }
@@ -220,14 +269,14 @@ impl WatcherHandle {
     pub fn update(&self, specs: Vec<WatchSpec>) -> Result<(), WatchError> {
         check_unique(&specs)?;
         self.commands
-            .send(engine::Command::Update(specs))
+            .send(engine::WatcherCommand::Update(specs))
             .map_err(|_| WatchError::Stopped)
     }
 
     /// Scans every folder now, as after a notify queue overflow.
     pub fn rescan_now(&self) -> Result<(), WatchError> {
         self.commands
-            .send(engine::Command::Rescan)
+            .send(engine::WatcherCommand::Rescan)
             .map_err(|_| WatchError::Stopped)
     }
 

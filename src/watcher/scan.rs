@@ -6,66 +6,11 @@
 //! settling; the engine compares what two passes saw.
 
 use std::ffi::OsStr;
-use std::fs::Metadata;
 use std::io;
-use std::path::{Component, Path, PathBuf};
-use std::time::SystemTime;
+use std::path::{Component, Path};
 
-use super::{WatchSpec, default_ignore};
-
-/// What a file looked like when it was seen: two sightings with equal
-/// identities mean nothing changed in between.
-///
-/// The watcher emits each identity of each path at most once.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct FileId {
-    /// Length in bytes.
-    pub size: u64,
-    /// Last modification time.
-    pub mtime: SystemTime,
-    /// Inode number (0 where the platform has none).
-    pub inode: u64,
-    /// Device of the file system holding the inode (0 where the platform
-    /// has none).
-    pub dev: u64,
-}
-
-impl FileId {
-    /// The identity of a file from its metadata.
-    pub fn of(meta: &Metadata) -> FileId {
-        #[cfg(unix)]
-        let (inode, dev) = {
-            use std::os::unix::fs::MetadataExt;
-            (meta.ino(), meta.dev())
-        };
-        #[cfg(not(unix))]
-        let (inode, dev) = (0, 0);
-        FileId {
-            size: meta.len(),
-            // Every platform the daemon runs on records mtime; the fallback
-            // only keeps the type total.
-            mtime: meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
-            inode,
-            dev,
-        }
-    }
-}
-
-/// Whether a name is one the rule skips (temp files, dotfiles, ...).
-pub(super) fn is_ignored(spec: &WatchSpec, name: &OsStr) -> bool {
-    let set = if spec.ignore.is_empty() {
-        default_ignore()
-    } else {
-        &spec.ignore
-    };
-    set.is_match(Path::new(name))
-}
-
-/// Whether a file name is a build for the rule: it matches the glob and no
-/// ignore pattern.
-pub(super) fn is_wanted(spec: &WatchSpec, name: &OsStr) -> bool {
-    spec.matcher.is_match(Path::new(name)) && !is_ignored(spec, name)
-}
+use super::{Take, WatchSpec};
+use crate::state::FileIdentity;
 
 /// Where a path sits relative to a rule folder.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,21 +43,23 @@ pub(super) fn place<'a>(spec: &WatchSpec, path: &'a Path) -> Place<'a> {
     if !spec.recursive && !dirs.is_empty() {
         return Place::Outside;
     }
-    if dirs.iter().any(|dir| is_ignored(spec, dir)) {
+    if dirs.iter().any(|dir| spec.names.is_ignored(dir)) {
         return Place::Outside;
     }
     Place::Inside(last)
 }
 
 /// Lists the rule's build files in its folder (and below it when the rule
-/// is recursive), with their identities.
+/// is recursive), with their identities: those the rule takes
+/// ([`Take::Yes`]) and those it refuses ([`Take::Refused`]: the pattern
+/// matches, `filename_regex` does not).
 ///
 /// Costs one directory read per folder, one glob test per name and one
 /// `stat` per matching name; symlinks to files are followed, symlinks to
 /// folders are not (they could loop). Sub-folders whose name is ignored
 /// (`.git`, `.stversions`, ...) are skipped. An unreadable sub-folder is
 /// skipped; an unreadable rule folder is an error.
-pub fn scan_folder(spec: &WatchSpec) -> io::Result<Vec<(PathBuf, FileId)>> {
+pub fn scan_folder(spec: &WatchSpec) -> io::Result<Vec<(FileIdentity, Take)>> {
     let mut found = Vec::new();
     let mut stack = vec![spec.folder.clone()];
     let mut top = true;
@@ -133,19 +80,22 @@ pub fn scan_folder(spec: &WatchSpec) -> io::Result<Vec<(PathBuf, FileId)>> {
                 continue;
             };
             if kind.is_dir() {
-                if spec.recursive && !is_ignored(spec, &name) {
+                if spec.recursive && !spec.names.is_ignored(&name) {
                     stack.push(entry.path());
                 }
                 continue;
             }
-            if !is_wanted(spec, &name) {
+            let take = spec.names.takes(&name);
+            if take == Take::No {
                 continue;
             }
             let path = entry.path();
             // `metadata` follows a symlink to the file it names, which is
             // what an upload would read.
             match std::fs::metadata(&path) {
-                Ok(meta) if meta.is_file() => found.push((path, FileId::of(&meta))),
+                Ok(meta) if meta.is_file() => {
+                    found.push((FileIdentity::from_metadata(path, &meta), take))
+                }
                 _ => {}
             }
         }

@@ -9,13 +9,13 @@ use axum::Router;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::post;
+use patchkit_autopublish::clock::now_ms;
 use patchkit_autopublish::config::{Notify, NotifyFormat};
-use patchkit_autopublish::notify::{self, Delivery, Notifier};
 use patchkit_autopublish::observe::{EventKind, Observer};
 use patchkit_autopublish::patchkit::RetryPolicy;
 use patchkit_autopublish::state::{BuildState, FileIdentity, Stage};
 use patchkit_autopublish::store::{Build, BuildId};
-use patchkit_autopublish::worker::now_ms;
+use patchkit_autopublish::webhook::{self, Delivery, Notifier};
 use reqwest::Url;
 use serde_json::Value;
 use tokio::sync::mpsc;
@@ -188,14 +188,14 @@ fn quick() -> Delivery {
 
 fn start(hooks: Vec<Notify>, observer: &Observer) -> (Notifier, CancellationToken) {
     let cancel = CancellationToken::new();
-    let notifier = notify::spawn_with(hooks, observer, cancel.clone(), quick()).expect("hooks");
+    let notifier = webhook::spawn_with(hooks, observer, cancel.clone(), quick()).expect("hooks");
     (notifier, cancel)
 }
 
 #[tokio::test]
 async fn no_hooks_no_notifier() {
     let observer = Observer::new();
-    assert!(notify::spawn(Vec::new(), &observer, CancellationToken::new()).is_none());
+    assert!(webhook::spawn(Vec::new(), &observer, CancellationToken::new()).is_none());
 }
 
 #[tokio::test]
@@ -436,7 +436,7 @@ async fn dead_webhooks_do_not_delay_a_healthy_one() {
     let healthy = rx.hook("healthy", NotifyFormat::Json, &events);
     // The default delivery: ten-second timeouts, waits of seconds.
     let cancel = CancellationToken::new();
-    let _n = notify::spawn(vec![refused, hanging, healthy], &observer, cancel.clone()).unwrap();
+    let _n = webhook::spawn(vec![refused, hanging, healthy], &observer, cancel.clone()).unwrap();
 
     for id in 1..=3 {
         let emitted = Instant::now();
@@ -460,14 +460,14 @@ async fn reload_swaps_the_hooks() {
     let old = rx.hook("old", NotifyFormat::Json, &[EventKind::Published]);
     let cancel = CancellationToken::new();
     let mut notifier = None;
-    notify::update(&mut notifier, vec![old], &observer, &cancel);
+    webhook::update(&mut notifier, vec![old], &observer, &cancel);
     assert!(notifier.is_some());
 
     observer.state_changed(&build(1, "r", published(&[])));
     assert_eq!(rx.next().await.0, "old");
 
     let new = rx.hook("new", NotifyFormat::Json, &[EventKind::Published]);
-    notify::update(&mut notifier, vec![new], &observer, &cancel);
+    webhook::update(&mut notifier, vec![new], &observer, &cancel);
     observer.state_changed(&build(2, "r", published(&[])));
     let (path, body) = rx.next().await;
     assert_eq!((path.as_str(), &body["build"]), ("new", &Value::from("2")));
