@@ -6,7 +6,7 @@
 //! files each rule would take now. Every problem is listed with what to do.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use crate::config::{Config, ExistingDraft};
 use crate::control::{self, BuildRow, Request};
@@ -180,15 +180,11 @@ async fn known_builds(config: &Config) -> Vec<BuildRow> {
     }
 }
 
-/// The known builds by file path and size, as "id (state)".
-fn by_file(rows: &[BuildRow]) -> HashMap<(PathBuf, u64), String> {
+/// The known builds by the store's file key (path, size, modification
+/// time), as "id (state)".
+fn by_file(rows: &[BuildRow]) -> HashMap<Vec<u8>, String> {
     rows.iter()
-        .map(|r| {
-            (
-                (r.file.clone(), r.size_bytes),
-                format!("{} ({})", r.id, r.state),
-            )
-        })
+        .map(|r| (r.identity().dedupe_key(), format!("{} ({})", r.id, r.state)))
         .collect()
 }
 
@@ -196,7 +192,7 @@ fn files_now(
     report: &mut Report,
     who: &str,
     rule: &crate::config::Rule,
-    known: &HashMap<(PathBuf, u64), String>,
+    known: &HashMap<Vec<u8>, String>,
 ) {
     let spec = rule.watch_spec();
     match scan_folder(&spec) {
@@ -216,7 +212,7 @@ fn files_now(
             }
             let new = taken
                 .iter()
-                .filter(|(path, id)| !known.contains_key(&((*path).clone(), id.size)))
+                .filter(|(_, id)| !known.contains_key(&id.dedupe_key()))
                 .count();
             report.ok(format!(
                 "{who}: folder {} has {} build file(s) matching {:?}, {new} not yet taken",
@@ -225,7 +221,7 @@ fn files_now(
                 rule.pattern
             ));
             for (path, id) in taken {
-                let note = match known.get(&(path.clone(), id.size)) {
+                let note = match known.get(&id.dedupe_key()) {
                     Some(build) => format!("already build {build}"),
                     None => "would be taken now".to_owned(),
                 };

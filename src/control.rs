@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::clock::now_ms;
 use crate::observe::Observer;
-use crate::state::BuildState;
+use crate::state::{BuildState, FileIdentity};
 use crate::store::{Build, BuildId, ListFilter, Store, StoreError};
 
 /// The socket's file name in the state directory.
@@ -141,6 +141,24 @@ pub struct BuildRow {
     pub reason: Option<String>,
     pub enqueued_at: u64,
     pub updated_at: u64,
+    /// The file's modification time when it was taken, nanoseconds since
+    /// the Unix epoch: with `file` and `size_bytes`, what makes a file the
+    /// same one again.
+    #[serde(default)]
+    pub file_mtime_ns: i64,
+}
+
+impl BuildRow {
+    /// The identity the build was taken with, as far as a row tells (the
+    /// inode is not shown): enough for [`FileIdentity::dedupe_key`].
+    pub fn identity(&self) -> FileIdentity {
+        FileIdentity {
+            path: self.file.clone(),
+            size: self.size_bytes,
+            mtime_ns: i128::from(self.file_mtime_ns),
+            inode: 0,
+        }
+    }
 }
 
 impl BuildRow {
@@ -189,6 +207,7 @@ impl BuildRow {
             reason,
             enqueued_at: build.enqueued_at,
             updated_at: build.updated_at,
+            file_mtime_ns: i64::try_from(build.identity.mtime_ns).unwrap_or(i64::MAX),
         }
     }
 }

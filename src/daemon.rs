@@ -60,18 +60,19 @@ pub struct RunOptions {
     pub observer: Observer,
 }
 
-/// Why the daemon could not start or had to stop.
+/// Why the daemon could not start or had to stop. Wrappers are
+/// transparent: the cause is printed once, by whoever prints the chain.
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
-    #[error("{0}")]
+    #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("{0}")]
+    #[error(transparent)]
     Key(#[from] KeyError),
-    #[error("cannot set up the PatchKit client: {0}")]
+    #[error("cannot set up the PatchKit client")]
     Client(#[from] BuildError),
-    #[error("{0}")]
+    #[error(transparent)]
     Watch(#[from] WatchError),
-    #[error("{0}")]
+    #[error(transparent)]
     Io(#[from] std::io::Error),
     #[error(
         "PatchKit refused the API key; fix it (api_key_env, api_key_file or the systemd \

@@ -199,16 +199,23 @@ impl Observer {
                 known.insert(build.id, build.clone())
             }
         };
-        if previous.is_some_and(|p| p.state.name() == build.state.name()) {
+        if previous
+            .as_ref()
+            .is_some_and(|p| p.state.name() == build.state.name())
+        {
             return;
         }
         if build.state.is_terminal() && self.already_told(build) {
             return;
         }
-        tracing::info!(
+        // A new build is logged by intake, with its file.
+        let new = previous.is_none() && build.state == BuildState::Queued;
+        if !new {
+            tracing::info!(
             build = %build.id, rule = %build.rule, label = %build.label,
             "{}", build.state
-        );
+            );
+        }
         {
             let mut live = self.inner.live.lock().expect("observer lock");
             if build.state.is_terminal() {

@@ -258,12 +258,16 @@ async fn retry_and_cancel_through_the_socket_and_on_the_stopped_store() {
             )
         })
         .collect();
+    // Ids follow the moment each file settled, which need not be the order
+    // two files dropped together arrived in: compare by label.
+    let mut states = states;
+    states.sort();
     let want = [
         ("bad-0", "published"),
         ("bad-2", "published"),
-        ("slow", "published"),
         ("later", "cancelled"),
         ("later-too", "cancelled"),
+        ("slow", "published"),
     ]
     .map(|(l, st)| (l.to_owned(), st.to_owned()));
     assert_eq!(states, want);
@@ -447,10 +451,11 @@ async fn a_dead_webhook_does_not_delay_publishing() {
         assert_eq!(body["label"], label, "{body:#}");
     }
     eprintln!("drop to published with dead hooks: {took:?}");
-    // A build here takes well under a second; a publish held up by a dead
-    // hook would take the 10 s delivery timeout.
+    // A build here takes a settle period (1 s) and well under a second
+    // more; a publish held up by a dead hook would take the 10 s delivery
+    // timeout.
     for t in &took {
-        assert!(*t < Duration::from_secs(3), "{took:?}\n{}", s.logs());
+        assert!(*t < Duration::from_secs(6), "{took:?}\n{}", s.logs());
     }
     // Deliveries to the silent hook are still waiting for an answer; a
     // graceful stop would wait up to their timeout, which is not what this

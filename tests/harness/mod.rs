@@ -261,7 +261,12 @@ impl Scenario {
 
     /// Runs the daemon in-process with `--once` to the end.
     pub async fn run_once(&self) {
-        tokio::time::timeout(LIMIT, self.run_in_process(CancellationToken::new()))
+        self.run_once_within(LIMIT).await
+    }
+
+    /// Runs the daemon in-process with `--once` to the end, within `limit`.
+    pub async fn run_once_within(&self, limit: Duration) {
+        tokio::time::timeout(limit, self.run_in_process(CancellationToken::new()))
             .await
             .expect("the daemon finished every build in time")
     }
