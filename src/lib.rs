@@ -2,14 +2,22 @@
 //! pipeline on PatchKit.
 //!
 //! ```text
-//! watcher (notify + startup scan + settle) -> rules (TOML) -> validate ZIP
-//!   -> store (sled: one record per build, a state machine) -> workers (tokio)
-//!   -> patchkit client (reqwest) -> versions / uploads / jobs / publish
+//! watcher (notify / poll, scans, settle, ZIP check, --once drain)
+//!   -> intake (rule templates) -> store (sled: one record per build)
+//!   -> scheduler (pure: per-app arrival order, worker limit, retry times)
+//!   -> worker -> stages -> patchkit client (reqwest) -> PatchKit API v1
+//! observers: store change feed -> observe -> control socket, systemd,
+//!   metrics, webhook, logs
 //! ```
 //!
-//! Layout: `config` (TOML to a validated `Config`), `patchkit` (the API
-//! client), `sandbox` (a strict PatchKit emulator for tests, `sandbox` and
-//! `demo`).
+//! Layout, in pipeline order: `watcher` (every file decision), `intake`,
+//! `store`, `state` (the build state machine), `scheduler`, `daemon` (the
+//! async shell around the scheduler), `worker`, `stages`, `policy`,
+//! `patchkit` (the API client); around them `config`, `template`, `archive`,
+//! `observe`, `control`, `systemd`, `metrics`, `webhook`, `logging`,
+//! `dispose`, `check`, `clock`, `crashpoint`; `sandbox` (a strict PatchKit
+//! emulator for tests, `sandbox` and `demo`) and `demo`. ARCHITECTURE.md has
+//! the map and the invariants.
 
 pub mod archive;
 pub mod check;

@@ -6,8 +6,9 @@
 //! one-draft rule, uploads assembled on disk, processing jobs and publishing
 //! that advance with the clock, configurable outcomes, seeded fault injection,
 //! and inspection in Rust ([`SandboxHandle::snapshot`]) and over HTTP
-//! (`/_sandbox/`). It enforces `shared/patchkit-api/contract.md` at least as
-//! strictly as the real service.
+//! (`/_sandbox/`). It enforces PatchKit's API v1 as the README's "The
+//! sandbox" section and ARCHITECTURE.md describe it, at least as strictly as
+//! the real service.
 //!
 //! Architecture invariant: the sandbox knows nothing about the client, the
 //! store or the daemon; it depends only on the contract.
