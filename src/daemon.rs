@@ -309,6 +309,7 @@ pub async fn run(
             Event::Done(id, outcome) => daemon.finished(id, *outcome).await,
             Event::Command(cmd) => daemon.command(cmd).await,
             Event::Reload(reload) => {
+                systemd.reloading();
                 if daemon.reload(*reload, watcher.as_ref()).await {
                     crate::notify::update(
                         &mut notifier,
@@ -317,6 +318,7 @@ pub async fn run(
                         &watcher_cancel,
                     );
                 }
+                systemd.ready();
             }
             Event::Watch(ev) => daemon.watch_event(ev).await,
             Event::Tick => {
@@ -926,6 +928,18 @@ impl Systemd {
             let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
             self.last_watchdog = Some(std::time::Instant::now());
         }
+    }
+
+    /// Says a reload started (`Type=notify-reload`): systemd keeps
+    /// `systemctl reload` waiting until the next READY=1, sent once the new
+    /// config is in force or refused. MONOTONIC_USEC tells systemd this
+    /// reload began after its SIGHUP, not before.
+    fn reloading(&mut self) {
+        let mut states = vec![sd_notify::NotifyState::Reloading];
+        if let Ok(now) = sd_notify::NotifyState::monotonic_usec_now() {
+            states.push(now);
+        }
+        let _ = sd_notify::notify(&states);
     }
 
     fn stopping(&mut self) {

@@ -29,6 +29,7 @@ pub mod patchkit;
 pub mod policy;
 pub mod rules;
 pub mod sandbox;
+pub mod service_unit;
 pub mod stages;
 pub mod state;
 pub mod store;
