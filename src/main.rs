@@ -52,15 +52,7 @@ async fn dispatch(cli: Cli) -> ExitCode {
         Command::Retry(args) => control(args, Control::Retry).await,
         Command::Cancel(args) => control(args, Control::Cancel).await,
         Command::Check(args) => check(args).await,
-        Command::Completions(args) => {
-            clap_complete::generate(
-                args.shell,
-                &mut Cli::command(),
-                "patchkit-autopublish",
-                &mut std::io::stdout(),
-            );
-            ExitCode::SUCCESS
-        }
+        Command::Completions(args) => completions(args.shell),
         Command::Man(args) => man(args),
         Command::Demo(args) => {
             let shutdown = match signals(None) {
@@ -108,6 +100,31 @@ async fn check(args: CheckArgs) -> ExitCode {
             report.problems
         );
         ExitCode::from(EXIT_USAGE)
+    }
+}
+
+/// `completions`: the completion script for `shell`.
+fn completions(shell: clap_complete::Shell) -> ExitCode {
+    let mut script = Vec::new();
+    clap_complete::generate(
+        shell,
+        &mut Cli::command(),
+        "patchkit-autopublish",
+        &mut script,
+    );
+    if shell == clap_complete::Shell::Bash {
+        // clap_complete names the option lists of a hyphenated program's
+        // commands "patchkit__subcmd__autopublish__subcmd__NAME" but looks
+        // them up as "patchkit__autopublish__subcmd__NAME", so no command's
+        // options would complete; give them the name it looks up.
+        script = String::from_utf8_lossy(&script)
+            .replace("patchkit__subcmd__autopublish", "patchkit__autopublish")
+            .into_bytes();
+    }
+    use std::io::Write;
+    match std::io::stdout().write_all(&script) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => fail(EXIT_FAILURE, &anyhow::Error::new(err)),
     }
 }
 

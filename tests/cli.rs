@@ -245,6 +245,47 @@ fn completions_complete_every_command_in_each_shell() {
     assert!(err.contains("possible values"), "{err}");
 }
 
+/// What bash offers after `line` (the last word is the one completed).
+fn bash_completes(script: &str, line: &str) -> String {
+    let words: Vec<&str> = line.split(' ').collect();
+    let program = format!(
+        "{script}\nCOMP_WORDS=({words}); COMP_CWORD={cword}; COMP_LINE='{line}'; \
+         COMP_POINT=${{#COMP_LINE}}; _patchkit__autopublish patchkit-autopublish '{cur}' '{prev}'; \
+         echo \"${{COMPREPLY[*]}}\"",
+        words = words
+            .iter()
+            .map(|w| format!("'{w}'"))
+            .collect::<Vec<_>>()
+            .join(" "),
+        cword = words.len() - 1,
+        cur = words[words.len() - 1],
+        prev = words[words.len() - 2],
+    );
+    let out = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(program)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+#[test]
+fn bash_completes_commands_and_their_options() {
+    let (_, script, _) = bin(&["completions", "bash"]);
+    assert_eq!(bash_completes(&script, "patchkit-autopublish ch"), "check");
+    assert_eq!(
+        bash_completes(&script, "patchkit-autopublish check --as"),
+        "--as-service"
+    );
+    let shells = bash_completes(&script, "patchkit-autopublish completions ");
+    for shell in ["bash", "zsh", "fish"] {
+        assert!(
+            shells.split(' ').any(|s| s == shell),
+            "{shell} not offered: {shells}"
+        );
+    }
+}
+
 #[test]
 fn man_prints_the_page_of_the_program_and_of_each_command() {
     let (code, out, err) = bin(&["man"]);
