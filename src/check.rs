@@ -4,13 +4,16 @@
 //! The config is valid; the key can be read; for every rule PatchKit knows
 //! the app, the key may manage it, and no draft stands in the way; and the
 //! files each rule would take now. Every problem is listed with what to do.
+//! The key is read where a daemon started from this shell would, or where
+//! the systemd service will (`--as-service`: the credential its unit loads).
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use crate::config::{Config, ExistingDraft};
+use crate::config::{CREDENTIAL_NAME, Config, ExistingDraft, KeyError, KeyOrigin};
 use crate::control::{self, BuildRow, Request};
-use crate::patchkit::{Client, ErrorKind};
+use crate::patchkit::{ApiKey, Client, ErrorKind};
+use crate::service_unit::ServiceUnit;
 use crate::store::Store;
 use crate::watcher::{Take, scan_folder};
 
@@ -38,23 +41,37 @@ impl Report {
     }
 }
 
-/// Checks a loaded config against PatchKit and the disk.
+/// Where `check` reads the API key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyPlace {
+    /// Where a daemon started from this shell reads it: the systemd
+    /// credential when `$CREDENTIALS_DIRECTORY` is set, else the config's
+    /// source.
+    Shell,
+    /// Where the systemd service will read it: the credential its unit
+    /// loads. The installed unit, or this unit file.
+    Unit(Option<PathBuf>),
+    /// This file, as the service's credential.
+    Credential(PathBuf),
+}
+
+/// Checks a loaded config against PatchKit and the disk, reading the key
+/// from the environment and the config.
 pub async fn check(config: &Config) -> Report {
+    check_with(config, &KeyPlace::Shell).await
+}
+
+/// Checks a loaded config against PatchKit and the disk, reading the key
+/// from `place`.
+pub async fn check_with(config: &Config, place: &KeyPlace) -> Report {
     let mut report = Report::default();
     report.ok(format!(
         "config {} ({} rules)",
         config.path.display(),
         config.rules.len()
     ));
-    let key = match config.patchkit.load_key() {
-        Ok((key, origin)) => {
-            report.ok(format!("API key read from {origin}"));
-            key
-        }
-        Err(err) => {
-            report.problem(format!("{err}"));
-            return report;
-        }
+    let Some((key, origin)) = load_key(config, place, &mut report) else {
+        return report;
     };
     let client = match Client::new(config.patchkit.client_options(key)) {
         Ok(client) => client,
@@ -78,7 +95,7 @@ pub async fn check(config: &Config) -> Report {
             Err(err) if err.kind() == ErrorKind::Unauthorized => {
                 if key_works {
                     key_works = false;
-                    report.problem(refused(config, &err));
+                    report.problem(refused(&origin, &err));
                 }
                 files_now(&mut report, &who, rule, &known);
                 continue;
@@ -132,7 +149,7 @@ pub async fn check(config: &Config) -> Report {
                 }
                 Err(err) if err.kind() == ErrorKind::Unauthorized => {
                     key_works = false;
-                    report.problem(refused(config, &err));
+                    report.problem(refused(&origin, &err));
                 }
                 Err(err) if err.kind() == ErrorKind::Forbidden => report.problem(format!(
                     "{who}: the API key may not manage app {} ({err}); use the key of the \
@@ -147,18 +164,134 @@ pub async fn check(config: &Config) -> Report {
     report
 }
 
-fn refused(config: &Config, err: &crate::patchkit::ApiError) -> String {
+fn refused(origin: &KeyOrigin, err: &crate::patchkit::ApiError) -> String {
+    let place = match origin {
+        KeyOrigin::Env(name) => format!("the environment variable {name}"),
+        KeyOrigin::File(path) | KeyOrigin::Credential(path) => format!("{}", path.display()),
+    };
     format!(
         "PatchKit refused the API key ({err}); copy the key from your PatchKit account page \
-         into {}",
-        key_place(config)
+         into {place}"
     )
 }
 
-fn key_place(config: &Config) -> String {
-    match &config.patchkit.key_source {
-        crate::config::KeySource::Env(name) => format!("the environment variable {name}"),
-        crate::config::KeySource::File(path) => format!("{}", path.display()),
+/// Reads the key from `place`, reporting where it came from or why it
+/// cannot be read.
+fn load_key(config: &Config, place: &KeyPlace, report: &mut Report) -> Option<(ApiKey, KeyOrigin)> {
+    let (path, named_by) = match place {
+        KeyPlace::Shell => {
+            return match config.patchkit.load_key() {
+                Ok((key, origin)) => {
+                    report.ok(format!("API key read from {origin}"));
+                    Some((key, origin))
+                }
+                Err(err) => {
+                    report.problem(format!("{err}"));
+                    None
+                }
+            };
+        }
+        KeyPlace::Credential(path) => (path.clone(), "given with --credential".to_owned()),
+        KeyPlace::Unit(file) => {
+            let unit = match file {
+                Some(file) => ServiceUnit::from_file(file),
+                None => ServiceUnit::installed(),
+            };
+            let unit = match unit {
+                Ok(unit) => unit,
+                Err(err) => {
+                    report.problem(err.to_string());
+                    return None;
+                }
+            };
+            let files: Vec<String> = unit.files.iter().map(|f| f.display().to_string()).collect();
+            report.ok(format!("unit {}", files.join(" + ")));
+            unit_config(config, &unit, report);
+            match unit.credential_path() {
+                Some(Ok(path)) => {
+                    let set_in = unit.credential.as_ref().map(|(_, f)| f.display());
+                    let named_by = format!(
+                        "named by LoadCredential= in {}",
+                        set_in.map(|f| f.to_string()).unwrap_or_default()
+                    );
+                    (path, named_by)
+                }
+                Some(Err(err)) => {
+                    report.problem(err);
+                    return None;
+                }
+                None => {
+                    report.problem(format!(
+                        "the unit passes no credential {CREDENTIAL_NAME}, so the service would \
+                         look for the key in its own environment; add \
+                         `LoadCredential={CREDENTIAL_NAME}:/etc/patchkit-autopublish/api-key` \
+                         to the unit (the packaged unit has it)"
+                    ));
+                    return None;
+                }
+            }
+        }
+    };
+    match crate::config::load_credential(&path) {
+        Ok((key, origin)) => {
+            report.ok(format!(
+                "API key read from the credential file {} ({named_by}), as systemd will read it",
+                path.display()
+            ));
+            credential_mode(&path, report);
+            Some((key, origin))
+        }
+        Err(KeyError::Unreadable { source, .. }) => {
+            let why = if source.kind() == std::io::ErrorKind::PermissionDenied {
+                "; systemd reads credentials as root, so run this check as root"
+            } else {
+                ""
+            };
+            report.problem(format!(
+                "cannot read the credential file {} ({named_by}): {source}{why}; write the API \
+                 key from your PatchKit account page into it (owned by root, chmod 600)",
+                path.display()
+            ));
+            None
+        }
+        Err(err) => {
+            report.problem(format!("{err} ({named_by})"));
+            None
+        }
+    }
+}
+
+/// Warns when the unit's `ExecStart=` runs another config than the one
+/// checked: the check would pass for a file the service never reads.
+fn unit_config(config: &Config, unit: &ServiceUnit, report: &mut Report) {
+    let Some(theirs) = &unit.config else {
+        return;
+    };
+    let same = |a: &Path, b: &Path| {
+        a == b || std::fs::canonicalize(a).ok() == std::fs::canonicalize(b).ok()
+    };
+    if !same(theirs, &config.path) {
+        report.warn(format!(
+            "the unit runs the config {}, not {}; check that one with --config {}",
+            theirs.display(),
+            config.path.display(),
+            theirs.display()
+        ));
+    }
+}
+
+/// Warns when other users may read the key.
+fn credential_mode(path: &Path, report: &mut Report) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(meta) = std::fs::metadata(path)
+        && meta.permissions().mode() & 0o077 != 0
+    {
+        report.warn(format!(
+            "the credential file {} may be read by other users (mode {:o}); `chmod 600 {}`",
+            path.display(),
+            meta.permissions().mode() & 0o7777,
+            path.display()
+        ));
     }
 }
 

@@ -30,7 +30,9 @@ pub enum Command {
     ///
     /// Reports every problem of the file with its line and column, then
     /// checks that the API key can be read from where the config says.
-    Check(ConfigArg),
+    /// With --as-service it reads the key where the systemd service will:
+    /// the credential file its unit names in LoadCredential=.
+    Check(CheckArgs),
     /// Run a local PatchKit emulator (the sandbox) to try a config without a
     /// PatchKit account.
     ///
@@ -55,6 +57,53 @@ pub enum Command {
     Retry(BuildArg),
     /// Stop a build for good; its file is left where it is.
     Cancel(BuildArg),
+    /// Print the completion script for a shell.
+    ///
+    /// bash: save it as
+    /// ~/.local/share/bash-completion/completions/patchkit-autopublish;
+    /// zsh: as _patchkit-autopublish in a folder of $fpath; fish: as
+    /// ~/.config/fish/completions/patchkit-autopublish.fish. The Debian
+    /// package installs all three.
+    Completions(CompletionsArgs),
+    /// Print the man page (roff) of the program or of one command.
+    ///
+    /// `man COMMAND` prints the page of that command, named
+    /// patchkit-autopublish-COMMAND(1). The Debian package installs them all.
+    Man(ManArgs),
+}
+
+/// Options of `check`.
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// Read the API key where the systemd service will: the credential
+    /// patchkit-api-key named by LoadCredential= in the installed unit and
+    /// its drop-ins. Run it as root, as systemd reads credentials as root.
+    #[arg(long)]
+    pub as_service: bool,
+    /// The unit file to read for --as-service (and the drop-ins in
+    /// FILE.d/ beside it), instead of the installed one.
+    #[arg(long, value_name = "FILE", requires = "as_service")]
+    pub unit: Option<PathBuf>,
+    /// Check this file as the service's credential patchkit-api-key,
+    /// without reading a unit.
+    #[arg(long, value_name = "FILE", conflicts_with = "unit")]
+    pub credential: Option<PathBuf>,
+}
+
+/// Options of `completions`.
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell.
+    pub shell: clap_complete::Shell,
+}
+
+/// Options of `man`.
+#[derive(Debug, Args)]
+pub struct ManArgs {
+    /// A command (`run`, `check`, ...); without it, the program's page.
+    pub command: Option<String>,
 }
 
 /// Options of `run`.

@@ -275,6 +275,7 @@ pub async fn run(
             Event::WorkerEnded(id, end) => daemon.worker_ended(id, *end).await,
             Event::Command(cmd) => daemon.command(cmd).await,
             Event::Reload(reload) => {
+                systemd.reloading();
                 if daemon.reload(*reload, &watcher) {
                     crate::webhook::update(
                         &mut notifier,
@@ -283,6 +284,7 @@ pub async fn run(
                         &watcher_cancel,
                     );
                 }
+                systemd.ready();
                 Vec::new()
             }
             Event::Watch(ev) => daemon.watch_event(ev).await,

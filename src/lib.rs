@@ -37,6 +37,7 @@ pub mod patchkit;
 pub mod policy;
 pub mod sandbox;
 pub mod scheduler;
+pub mod service_unit;
 pub mod stages;
 pub mod state;
 pub mod store;

@@ -2,12 +2,13 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use futures::StreamExt;
 use signal_hook::consts::{SIGINT, SIGTERM};
 use tokio_util::sync::CancellationToken;
 
-use patchkit_autopublish::cli::{BuildArg, Cli, Command, RunArgs, StatusArgs};
+use patchkit_autopublish::check::KeyPlace;
+use patchkit_autopublish::cli::{BuildArg, CheckArgs, Cli, Command, ManArgs, RunArgs, StatusArgs};
 use patchkit_autopublish::config::{Config, ConfigError};
 use patchkit_autopublish::control::{self, BuildRow, Request};
 use patchkit_autopublish::daemon::{self, RunOptions};
@@ -50,7 +51,9 @@ async fn dispatch(cli: Cli) -> ExitCode {
         Command::Status(args) => status(args).await,
         Command::Retry(args) => control(args, Control::Retry).await,
         Command::Cancel(args) => control(args, Control::Cancel).await,
-        Command::Check(args) => check(&args.config).await,
+        Command::Check(args) => check(args).await,
+        Command::Completions(args) => completions(args.shell),
+        Command::Man(args) => man(args),
         Command::Demo(args) => {
             let shutdown = match signals(None) {
                 Ok(token) => token,
@@ -74,12 +77,17 @@ async fn dispatch(cli: Cli) -> ExitCode {
     }
 }
 
-async fn check(path: &std::path::Path) -> ExitCode {
-    let config = match Config::load(path) {
+async fn check(args: CheckArgs) -> ExitCode {
+    let config = match Config::load(&args.config.config) {
         Ok(config) => config,
         Err(err) => return fail(EXIT_USAGE, &anyhow::Error::new(err)),
     };
-    let report = patchkit_autopublish::check::check(&config).await;
+    let place = match (args.credential, args.as_service) {
+        (Some(path), _) => KeyPlace::Credential(path),
+        (None, true) => KeyPlace::Unit(args.unit),
+        (None, false) => KeyPlace::Shell,
+    };
+    let report = patchkit_autopublish::check::check_with(&config, &place).await;
     for line in &report.lines {
         println!("{line}");
     }
@@ -92,6 +100,59 @@ async fn check(path: &std::path::Path) -> ExitCode {
             report.problems
         );
         ExitCode::from(EXIT_USAGE)
+    }
+}
+
+/// `completions`: the completion script for `shell`.
+fn completions(shell: clap_complete::Shell) -> ExitCode {
+    let mut script = Vec::new();
+    clap_complete::generate(
+        shell,
+        &mut Cli::command(),
+        "patchkit-autopublish",
+        &mut script,
+    );
+    if shell == clap_complete::Shell::Bash {
+        // clap_complete names the option lists of a hyphenated program's
+        // commands "patchkit__subcmd__autopublish__subcmd__NAME" but looks
+        // them up as "patchkit__autopublish__subcmd__NAME", so no command's
+        // options would complete; give them the name it looks up.
+        script = String::from_utf8_lossy(&script)
+            .replace("patchkit__subcmd__autopublish", "patchkit__autopublish")
+            .into_bytes();
+    }
+    use std::io::Write;
+    match std::io::stdout().write_all(&script) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => fail(EXIT_FAILURE, &anyhow::Error::new(err)),
+    }
+}
+
+/// `man`: the roff page of the program, or of one of its commands.
+fn man(args: ManArgs) -> ExitCode {
+    let mut cmd = Cli::command().disable_help_subcommand(true);
+    // Building names each subcommand "patchkit-autopublish-NAME", the title
+    // of its page.
+    cmd.build();
+    let page = match &args.command {
+        None => cmd,
+        Some(name) => match cmd.find_subcommand(name) {
+            Some(sub) => sub.clone(),
+            None => {
+                let names: Vec<&str> = cmd.get_subcommands().map(|c| c.get_name()).collect();
+                return fail(
+                    EXIT_USAGE,
+                    &anyhow::anyhow!(
+                        "there is no command {name:?}; the commands are {}",
+                        names.join(", ")
+                    ),
+                );
+            }
+        },
+    };
+    match clap_mangen::Man::new(page).render(&mut std::io::stdout()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => fail(EXIT_FAILURE, &anyhow::Error::new(err)),
     }
 }
 

@@ -1,5 +1,5 @@
-//! What the daemon tells systemd (`Type=notify`): READY, STATUS, WATCHDOG
-//! and STOPPING. Every call is a no-op outside systemd (no
+//! What the daemon tells systemd (`Type=notify-reload`): READY, RELOADING,
+//! STATUS, WATCHDOG and STOPPING. Every call is a no-op outside systemd (no
 //! `NOTIFY_SOCKET`).
 
 use std::time::{Duration, Instant};
@@ -17,6 +17,18 @@ impl Systemd {
     /// The daemon is up: the store is open, the watcher runs.
     pub fn ready(&mut self) {
         let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+    }
+
+    /// Says a reload started (`Type=notify-reload`): systemd keeps
+    /// `systemctl reload` waiting until the next READY=1, sent once the new
+    /// config is in force or refused. MONOTONIC_USEC tells systemd this
+    /// reload began after its SIGHUP, not before.
+    pub fn reloading(&mut self) {
+        let mut states = vec![sd_notify::NotifyState::Reloading];
+        if let Ok(now) = sd_notify::NotifyState::monotonic_usec_now() {
+            states.push(now);
+        }
+        let _ = sd_notify::notify(&states);
     }
 
     /// Sends STATUS= when it changed.

@@ -224,6 +224,14 @@ impl PatchkitSettings {
     }
 }
 
+/// Reads the API key from a systemd credential's source file: the bytes
+/// systemd copies into `$CREDENTIALS_DIRECTORY`, read the same way the
+/// daemon reads them there. For `check --as-service`.
+pub fn load_credential(path: &Path) -> Result<(ApiKey, KeyOrigin), KeyError> {
+    let key = read_key_file(path)?;
+    Ok((key, KeyOrigin::Credential(path.to_owned())))
+}
+
 fn read_key_file(path: &Path) -> Result<ApiKey, KeyError> {
     let text = std::fs::read_to_string(path).map_err(|source| KeyError::Unreadable {
         path: path.to_owned(),
