@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::api::{ApiError, Caller};
 use super::chunks::Chunk412;
+use super::config::Variant;
 use super::state::{Shared, State as SandboxState};
 
 /// Closes the connection a request arrived on (set per connection by the
@@ -104,12 +105,15 @@ pub(crate) async fn gate(
     let key = header_key.clone().or(url_key.clone());
     let kill = req.extensions().get::<ConnKill>().cloned();
 
-    let (draws, key_known) = {
+    let (draws, key_known, forbid) = {
         let mut state = shared.lock();
         state.stats.key_in_header += u64::from(header_key.is_some());
         state.stats.key_in_url += u64::from(url_key.is_some());
         let known = key.as_ref().is_none_or(|k| state.accounts.contains(k));
-        (Draws::new(&mut state), known)
+        // The Swagger's "API key invalid or draft version already exists":
+        // some servers may answer a wrong key on version endpoints with 403.
+        let forbid = state.has(Variant::Forbidden403) && route.contains("/versions");
+        (Draws::new(&mut state), known, forbid)
     };
 
     if !draws.delay.is_zero() {
@@ -136,6 +140,15 @@ pub(crate) async fn gate(
             status,
             "unavailable",
             format!("injected fault: {status}, try again"),
+        )
+        .into_response();
+    }
+    if !key_known && forbid {
+        let _ = axum::body::to_bytes(req.into_body(), usize::MAX).await;
+        record(&mut shared.lock(), &route, "403");
+        return ApiError::forbidden(
+            "forbidden",
+            "API key invalid or draft version already exists",
         )
         .into_response();
     }
