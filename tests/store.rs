@@ -449,6 +449,7 @@ fn v1_fixtures() -> Vec<(&'static str, Build)> {
                     upload_id: 90_001,
                     job_guid: Some("5c1d2c7e-8a3b-4f4e-9d61-0f6f1a2b3c4d".into()),
                     prior_started_at: None,
+                    prior_finished_at: None,
                 },
                 ..base.clone()
             },

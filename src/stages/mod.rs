@@ -128,6 +128,18 @@ pub async fn step(ctx: &StageCtx, build: &Build) -> Result<Build, StepError> {
     if ctx.cancel.is_cancelled() {
         return Err(StepError::Cancelled);
     }
+    match run_stage(ctx, build).await {
+        // A 403 means different things (a wrong key on some servers, a key
+        // of another account, a refused action): PatchKit is asked which.
+        Err(StepError::Api(e)) if e.kind() == ErrorKind::Forbidden => {
+            Err(explain_forbidden(ctx, build, build.state.stage(), e).await)
+        }
+        other => other,
+    }
+}
+
+/// Runs the stage of the build's current state.
+async fn run_stage(ctx: &StageCtx, build: &Build) -> Result<Build, StepError> {
     match &build.state {
         BuildState::Queued => validate::run(ctx, build).await,
         BuildState::Validated | BuildState::CreatingVersion { .. } => {
@@ -197,21 +209,27 @@ async fn explain_forbidden(
         Ok(apps) if !apps.iter().any(|a| a.secret == *secret) => StepError::fail(
             stage,
             format!(
-                "{err}: the API key works, but app {secret} is not one of its account's apps.                  Use the API key of the account that owns the app, or correct app_secret in                  rule {:?}",
+                "{err}: the API key works, but app {secret} is not one of its account's apps. \
+                 Use the API key of the account that owns the app, or correct app_secret in \
+                 rule {:?}",
                 ctx.rule_name
             ),
         ),
         Ok(_) => StepError::fail(
             stage,
             format!(
-                "{err}: the API key's account owns app {secret} and no draft is in the way, yet                  PatchKit refuses; the account may lack API access for this app (a plan                  setting) or the app may be locked. Check the app in the PatchKit panel, then                  run `patchkit-autopublish retry {}`",
+                "{err}: the API key works and its account owns app {secret}, so neither the \
+                 key nor the secret is wrong; PatchKit refused this step (the account may lack \
+                 API access for the app, a plan setting, or the version changed in the panel). \
+                 Check the app in the PatchKit panel, then run `patchkit-autopublish retry {}`",
                 build.id
             ),
         ),
         Err(other) => StepError::fail(
             stage,
             format!(
-                "{err}, and listing the API key's apps to find out why failed too ({other});                  check that the key belongs to the account that owns app {secret}"
+                "{err}, and listing the API key's apps to find out why failed too ({other}); \
+                 check that the key belongs to the account that owns app {secret}"
             ),
         ),
     }
