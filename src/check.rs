@@ -125,6 +125,7 @@ pub async fn check(config: &Config) -> Report {
                                 version_id: b.version_id?,
                                 build: b.id.clone(),
                                 rule: b.rule.clone(),
+                                label: b.label.clone(),
                                 owner,
                             })
                         })
@@ -167,11 +168,28 @@ pub async fn check(config: &Config) -> Report {
                     key_works = false;
                     report.problem(refused(config, &err));
                 }
-                Err(err) if err.kind() == ErrorKind::Forbidden => report.problem(format!(
-                    "{who}: the API key may not manage app {} ({err}); use the key of the \
-                     account that owns the app",
-                    rule.app_secret
-                )),
+                // A 403 is a wrong key on some servers, or a key of another
+                // account: the key's own app list tells which.
+                Err(err) if err.kind() == ErrorKind::Forbidden => match client.list_apps().await {
+                    Err(e) if e.kind() == ErrorKind::Unauthorized => {
+                        key_works = false;
+                        report.problem(refused(config, &e));
+                    }
+                    Ok(apps) if apps.iter().any(|a| a.secret == rule.app_secret) => {
+                        report.problem(format!(
+                            "{who}: the API key's account owns app {}, yet PatchKit \
+                                 refuses to list its versions ({err}); the account may lack \
+                                 API access for it (a plan setting)",
+                            rule.app_secret
+                        ))
+                    }
+                    _ => report.problem(format!(
+                        "{who}: the API key may not manage app {} ({err}): it is not one \
+                             of the key's account's apps; use the key of the account that \
+                             owns the app",
+                        rule.app_secret
+                    )),
+                },
                 Err(err) => report.problem(format!("{who}: cannot list versions: {err}")),
             }
         }

@@ -171,6 +171,7 @@ fn known_drafts(ctx: &StageCtx, build: &Build) -> Result<Vec<KnownDraft>, StepEr
                 version_id: b.state.version_id()?,
                 build: b.id.to_string(),
                 rule: b.rule.clone(),
+                label: b.label.clone(),
                 owner,
             })
         })

@@ -27,6 +27,9 @@ pub struct KnownDraft {
     pub build: String,
     /// The build's rule, for messages.
     pub rule: String,
+    /// The build's label: the draft must still carry it to be that build's
+    /// (PatchKit reuses the ids of versions it forgot).
+    pub label: String,
     /// Where that build stands.
     pub owner: Owner,
 }
@@ -94,7 +97,9 @@ pub fn plan_draft<'a>(
     if intent.is_some_and(|after_id| draft.id > after_id) && draft.label == label {
         return Ok(DraftPlan::Adopt(draft));
     }
-    let record = known.iter().find(|k| k.version_id == draft.id);
+    let record = known
+        .iter()
+        .find(|k| k.version_id == draft.id && k.label == draft.label);
     if draft.pending_publish == Some(true) {
         return Ok(DraftPlan::Wait(draft, record));
     }
@@ -148,6 +153,7 @@ mod tests {
             version_id: id,
             build: "b1".into(),
             rule: "r".into(),
+            label: "x".into(),
             owner,
         }
     }
@@ -203,6 +209,13 @@ mod tests {
         assert_eq!(
             plan_draft(&vs, "y", None, &active, ExistingDraft::TakeOver),
             Ok(DraftPlan::Wait(&vs[0], Some(&active[0])))
+        );
+        // The same id with another label: PatchKit forgot our draft and
+        // someone made a new one, which is not ours to reuse.
+        let other = [version(3, "by hand", true)];
+        assert_eq!(
+            plan_draft(&other, "y", None, &abandoned, ExistingDraft::Fail),
+            Ok(DraftPlan::InTheWay(&other[0], None))
         );
     }
 
