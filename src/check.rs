@@ -2,18 +2,21 @@
 //! changing anything.
 //!
 //! The config is valid; the key can be read; for every rule PatchKit knows
-//! the app, the key may manage it, and no draft stands in the way; and the
-//! files each rule would take now. Every problem is listed with what to do.
-//! The key is read where a daemon started from this shell would, or where
-//! the systemd service will (`--as-service`: the credential its unit loads).
+//! the app, the app takes uploads (not a channel fed by its group app), the
+//! key may manage it, and no draft stands in the way (decided by the same
+//! `stages::draft::plan_draft` the pipeline uses); and the files each rule
+//! would take now. Every problem is listed with what to do. The key is read
+//! where a daemon started from this shell would, or where the systemd
+//! service will (`--as-service`: the credential its unit loads).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use crate::config::{CREDENTIAL_NAME, Config, ExistingDraft, KeyError, KeyOrigin};
+use crate::config::{CREDENTIAL_NAME, Config, KeyError, KeyOrigin};
 use crate::control::{self, BuildRow, Request};
 use crate::patchkit::{ApiKey, Client, ErrorKind};
 use crate::service_unit::ServiceUnit;
+use crate::stages::draft::{DraftPlan, KnownDraft, Owner, in_the_way_reason, plan_draft};
 use crate::store::Store;
 use crate::watcher::{Take, scan_folder};
 
@@ -86,6 +89,14 @@ pub async fn check_with(config: &Config, place: &KeyPlace) -> Report {
     for rule in &config.rules {
         let who = format!("rule {:?}", rule.name);
         match client.get_app(&rule.app_secret).await {
+            Ok(app) if app.refuses_direct_uploads() => {
+                report.problem(format!(
+                    "{who}: {}",
+                    crate::stages::channel_reason(&app, &rule.name)
+                ));
+                files_now(&mut report, &who, rule, &known);
+                continue;
+            }
             Ok(app) => report.ok(format!(
                 "{who}: app {:?} ({}) exists",
                 app.name, app.platform
@@ -117,45 +128,85 @@ pub async fn check_with(config: &Config, place: &KeyPlace) -> Report {
             match client.list_versions(&rule.app_secret).await {
                 Ok(versions) => {
                     report.ok(format!("{who}: the API key may manage the app"));
-                    for draft in versions.iter().filter(|v| v.draft && !v.published) {
-                        let what = format!(
-                            "{who}: the app has draft version {} {:?}",
-                            draft.id, draft.label
-                        );
-                        let owner = builds
-                            .iter()
-                            .find(|b| b.app == rule.app_secret && b.version_id == Some(draft.id));
-                        match (owner.map(|b| b.state.as_str()), rule.existing_draft) {
-                            (Some("failed" | "cancelled"), _) => report.ok(format!(
-                                "{what}, left by this daemon's build {}; the next build \
-                                 reuses it",
-                                owner.map(|b| b.id.as_str()).unwrap_or_default()
-                            )),
-                            (Some(state), _) if state != "draft" => report.ok(format!(
-                                "{what}, of this daemon's build {} ({state})",
-                                owner.map(|b| b.id.as_str()).unwrap_or_default()
-                            )),
-                            (_, ExistingDraft::TakeOver) => report.warn(format!(
-                                "{what}; the next build takes it over (existing_draft = \
-                                 \"take_over\")"
-                            )),
-                            (_, ExistingDraft::Fail) => report.problem(format!(
-                                "{what}, and PatchKit allows one draft per app: the next build \
-                                 stops until it is published or deleted in the PatchKit panel \
-                                 (or set existing_draft = \"take_over\")"
-                            )),
-                        }
+                    let known: Vec<KnownDraft> = builds
+                        .iter()
+                        .filter(|b| b.app == rule.app_secret)
+                        .filter_map(|b| {
+                            let owner = match b.state.as_str() {
+                                "failed" | "cancelled" => Owner::Abandoned,
+                                "draft" => Owner::Kept,
+                                "published" | "scheduled" => return None,
+                                _ => Owner::Active,
+                            };
+                            Some(KnownDraft {
+                                version_id: b.version_id?,
+                                build: b.id.clone(),
+                                rule: b.rule.clone(),
+                                label: b.label.clone(),
+                                owner,
+                            })
+                        })
+                        .rev()
+                        .collect();
+                    // No build of this rule has recorded an intent yet: the
+                    // plan is the one the rule's next build will follow.
+                    match plan_draft(&versions, "", None, &known, rule.existing_draft) {
+                        Ok(DraftPlan::Create) => {}
+                        Ok(DraftPlan::Adopt(_)) => {}
+                        Ok(DraftPlan::Reuse(d, k)) => report.ok(format!(
+                            "{who}: the app has draft version {} {:?}, left by this daemon's \
+                             build {}; the next build reuses it",
+                            d.id, d.label, k.build
+                        )),
+                        Ok(DraftPlan::Wait(d, Some(k))) => report.ok(format!(
+                            "{who}: the app has draft version {} {:?} of this daemon's build {}",
+                            d.id, d.label, k.build
+                        )),
+                        Ok(DraftPlan::Wait(d, None)) => report.warn(format!(
+                            "{who}: the app's draft version {} {:?} is being published; the \
+                             next build waits for it",
+                            d.id, d.label
+                        )),
+                        Ok(DraftPlan::TakeOver(d)) => report.warn(format!(
+                            "{who}: the app has draft version {} {:?}; the next build takes it \
+                             over (existing_draft = \"take_over\")",
+                            d.id, d.label
+                        )),
+                        Ok(DraftPlan::InTheWay(d, k)) => report.problem(format!(
+                            "{who}: {}: the next build stops until then",
+                            in_the_way_reason(&rule.app_secret, d, k, &rule.name)
+                        )),
+                        Err(missing) => report.warn(format!(
+                            "{who}: cannot tell whether a draft is in the way: {missing}"
+                        )),
                     }
                 }
                 Err(err) if err.kind() == ErrorKind::Unauthorized => {
                     key_works = false;
                     report.problem(refused(&origin, &err));
                 }
-                Err(err) if err.kind() == ErrorKind::Forbidden => report.problem(format!(
-                    "{who}: the API key may not manage app {} ({err}); use the key of the \
-                     account that owns the app",
-                    rule.app_secret
-                )),
+                // A 403 is a wrong key on some servers, or a key of another
+                // account: the key's own app list tells which.
+                Err(err) if err.kind() == ErrorKind::Forbidden => match client.list_apps().await {
+                    Err(e) if e.kind() == ErrorKind::Unauthorized => {
+                        key_works = false;
+                        report.problem(refused(&origin, &e));
+                    }
+                    Ok(apps) if apps.iter().any(|a| a.secret == rule.app_secret) => {
+                        report.problem(format!(
+                            "{who}: the API key's account owns app {}, yet PatchKit \
+                                 refuses to list its versions ({err}); the account may lack \
+                                 API access for it (a plan setting)",
+                            rule.app_secret
+                        ))
+                    }
+                    _ => report.problem(format!(
+                        "{who}: the API key may not manage app {} ({err}): it is not one \
+                             of the key's account's apps; use the key of the account that \
+                             owns the app",
+                        rule.app_secret
+                    )),
+                },
                 Err(err) => report.problem(format!("{who}: cannot list versions: {err}")),
             }
         }

@@ -8,13 +8,16 @@
 //!   the next try time are written to the build record.
 //! - 401 pauses every build (they share the key) until the key works again.
 //! - Anything else is permanent: the build fails with the server's message,
-//!   and a person retries it once the cause is fixed.
+//!   and a person retries it once the cause is fixed. The stages have
+//!   already looked up what they can (a 403 on create version, a forgotten
+//!   version or upload), so what reaches here is what they could not
+//!   explain. Only a 404 on `GET /1/apps/{secret}` blames the app secret.
 //!
 //! Knows error classes and delays; nothing about HTTP or sled.
 
 use std::time::Duration;
 
-use crate::patchkit::{ErrorKind, RetryPolicy};
+use crate::patchkit::{Endpoint, ErrorKind, RetryPolicy};
 use crate::stages::StepError;
 
 /// What to do with a build whose step failed.
@@ -58,11 +61,11 @@ pub fn decide(err: &StepError, attempts: u32, retry: &RetryPolicy) -> Decision {
 /// and what to look at.
 fn permanent_reason(e: &crate::patchkit::ApiError) -> String {
     let hint = match e.kind() {
-        ErrorKind::Forbidden => {
-            "the API key has no access to this app, or PatchKit refused the action; check the \
-             rule's app_secret and the key's account"
+        ErrorKind::Forbidden => "PatchKit refused the action for this API key",
+        ErrorKind::NotFound if e.endpoint() == Endpoint::GetApp => {
+            "check the rule's app_secret: PatchKit has no app with that secret"
         }
-        ErrorKind::NotFound => "check the rule's app_secret: PatchKit does not know it",
+        ErrorKind::NotFound => "PatchKit no longer has what this step refers to",
         ErrorKind::BadRequest => "PatchKit refused the request as invalid",
         _ => "PatchKit answered something this daemon cannot read; check api_url",
     };
@@ -109,6 +112,31 @@ mod tests {
         match decide(&err, 0, &policy()) {
             Decision::Retry(d) => assert!(d >= Duration::from_secs(30), "{d:?}"),
             other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn only_a_missing_app_blames_the_secret() {
+        let on = |endpoint| {
+            decide(
+                &StepError::Api(ApiError::new(endpoint, ErrorKind::NotFound, "nope")),
+                0,
+                &policy(),
+            )
+        };
+        match on(Endpoint::GetApp) {
+            Decision::Fail(r) => assert!(r.contains("app_secret"), "{r}"),
+            other => panic!("{other:?}"),
+        }
+        for endpoint in [
+            Endpoint::GetVersion,
+            Endpoint::StartProcessing,
+            Endpoint::GetJob,
+        ] {
+            match on(endpoint) {
+                Decision::Fail(r) => assert!(!r.contains("app_secret"), "{r}"),
+                other => panic!("{other:?}"),
+            }
         }
     }
 

@@ -11,7 +11,8 @@
 //! `Store::transition` is the only writer of a build's state.
 //!
 //! ```text
-//! Queued -> Validated -> VersionReady -> Uploading -> Uploaded -> Processing
+//! Queued -> Validated -> CreatingVersion -> VersionReady -> Uploading
+//!   -> Uploaded -> Processing
 //!   -> Processed -> Publishing -> Published | Scheduled
 //!                -> Draft (the rule does not publish)
 //! any non-terminal state -> Failed (retry: back to Queued, Validated or
@@ -190,11 +191,20 @@ fn inode(_meta: &Metadata) -> u64 {
 pub enum BuildState {
     /// Found and recorded; the ZIP has not been checked yet.
     Queued,
-    /// The ZIP passed validation; no version exists for it yet. A version
-    /// may have been created remotely just before a crash: the
-    /// create-version stage must look for a draft with this build's label
-    /// before creating one.
+    /// The ZIP passed validation; no version exists for it yet, and none
+    /// has been asked for since it got here: a draft with this build's
+    /// label proves nothing (a person may have made it).
     Validated,
+    /// About to ask PatchKit for a new draft version: the intent, recorded
+    /// before the request. After a crash, a draft created after this record
+    /// (an id above `after_id`) with this build's label is the one the lost
+    /// answer named; no other draft is ever taken as this build's own.
+    CreatingVersion {
+        /// The highest version id of the app when the intent was recorded
+        /// (0 for none). PatchKit numbers versions per app in order, so a
+        /// draft created by the request has a higher id.
+        after_id: u64,
+    },
     /// A draft version exists for this build; no upload has started.
     VersionReady {
         /// The PatchKit version id (per app).
@@ -241,6 +251,10 @@ pub enum BuildState {
         /// A different value afterwards means the request was accepted, even
         /// for a draft that had been processed before.
         prior_started_at: Option<String>,
+        /// The version's `processing_finished_at` read at the same time. A
+        /// server may leave both times unchanged until a repeated job really
+        /// starts, so "finished" counts only when this one changed too.
+        prior_finished_at: Option<String>,
     },
     /// Processing finished and the messages allow publishing.
     Processed {
@@ -372,6 +386,7 @@ impl BuildState {
         match self {
             BuildState::Queued => "queued",
             BuildState::Validated => "validated",
+            BuildState::CreatingVersion { .. } => "creating_version",
             BuildState::VersionReady { .. } => "version_ready",
             BuildState::Uploading { .. } => "uploading",
             BuildState::Uploaded { .. } => "uploaded",
@@ -413,7 +428,7 @@ impl BuildState {
     pub fn stage(&self) -> Stage {
         match self {
             BuildState::Queued => Stage::Validate,
-            BuildState::Validated => Stage::CreateVersion,
+            BuildState::Validated | BuildState::CreatingVersion { .. } => Stage::CreateVersion,
             BuildState::VersionReady { .. } | BuildState::Uploading { .. } => Stage::Upload,
             BuildState::Uploaded { .. } | BuildState::Processing { .. } => Stage::Process,
             BuildState::Processed { .. } => Stage::Publish,
@@ -428,7 +443,7 @@ impl BuildState {
     /// The PatchKit version id, once one is known.
     pub fn version_id(&self) -> Option<u64> {
         match self {
-            BuildState::Queued | BuildState::Validated => None,
+            BuildState::Queued | BuildState::Validated | BuildState::CreatingVersion { .. } => None,
             BuildState::VersionReady { version_id }
             | BuildState::Uploading { version_id, .. }
             | BuildState::Uploaded { version_id, .. }
@@ -459,10 +474,23 @@ impl BuildState {
         }
     }
 
-    /// `Validated -> VersionReady`: a draft version was created or adopted.
+    /// `Validated -> CreatingVersion`: the intent to create a draft,
+    /// recorded before the request. `after_id` is the app's highest version
+    /// id as listed just before.
+    pub fn creating_version(&self, after_id: u64) -> Next {
+        match self {
+            BuildState::Validated => Ok(BuildState::CreatingVersion { after_id }),
+            _ => Err(self.illegal("record the intent to create a version")),
+        }
+    }
+
+    /// `Validated | CreatingVersion -> VersionReady`: a draft version was
+    /// created, adopted or taken over.
     pub fn version_ready(&self, version_id: u64) -> Next {
         match self {
-            BuildState::Validated => Ok(BuildState::VersionReady { version_id }),
+            BuildState::Validated | BuildState::CreatingVersion { .. } => {
+                Ok(BuildState::VersionReady { version_id })
+            }
             _ => Err(self.illegal("record a version")),
         }
     }
@@ -566,7 +594,11 @@ impl BuildState {
     /// `Uploaded -> Processing { job_guid: None }`: about to send
     /// `content_file`. `prior_started_at` is the version's
     /// `processing_started_at` as read just before.
-    pub fn processing_requested(&self, prior_started_at: Option<String>) -> Next {
+    pub fn processing_requested(
+        &self,
+        prior_started_at: Option<String>,
+        prior_finished_at: Option<String>,
+    ) -> Next {
         match self {
             BuildState::Uploaded {
                 version_id,
@@ -576,17 +608,25 @@ impl BuildState {
                 upload_id: *upload_id,
                 job_guid: None,
                 prior_started_at,
+                prior_finished_at,
             }),
             _ => Err(self.illegal("request processing")),
         }
     }
 
-    /// `VersionReady -> Validated`: the recorded version is no longer this
-    /// build's draft (published, relabelled or taken by another build), so
-    /// create-version must find or create one again.
+    /// `VersionReady | Uploading | Uploaded | Processing | Processed |
+    /// Publishing -> Validated`: the recorded version is no longer this
+    /// build's draft (PatchKit forgot it, or it was deleted, published or
+    /// relabelled by someone else), so create-version must find or create
+    /// one again. Everything after it (upload, processing) is redone.
     pub fn version_lost(&self) -> Next {
         match self {
-            BuildState::VersionReady { .. } => Ok(BuildState::Validated),
+            BuildState::VersionReady { .. }
+            | BuildState::Uploading { .. }
+            | BuildState::Uploaded { .. }
+            | BuildState::Processing { .. }
+            | BuildState::Processed { .. }
+            | BuildState::Publishing { .. } => Ok(BuildState::Validated),
             _ => Err(self.illegal("give up the version")),
         }
     }
@@ -613,12 +653,16 @@ impl BuildState {
                 version_id,
                 upload_id,
                 job_guid: None,
-                ..
+                prior_started_at,
+                prior_finished_at,
             } => Ok(BuildState::Processing {
                 version_id: *version_id,
                 upload_id: *upload_id,
                 job_guid: Some(job_guid.into()),
-                prior_started_at: None,
+                // Kept: if PatchKit forgets the job, the version is followed
+                // with them.
+                prior_started_at: prior_started_at.clone(),
+                prior_finished_at: prior_finished_at.clone(),
             }),
             _ => Err(self.illegal("record a processing job")),
         }
@@ -758,6 +802,7 @@ impl fmt::Display for BuildState {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             BuildState::Queued | BuildState::Validated => f.write_str(self.name()),
+            BuildState::CreatingVersion { .. } => f.write_str("creating version"),
             BuildState::VersionReady { version_id } => write!(f, "version_ready v{version_id}"),
             BuildState::Uploading {
                 version_id,
@@ -839,7 +884,7 @@ mod tests {
         ));
         let s = s.chunk_acknowledged(25).unwrap();
         let s = s.uploaded().unwrap();
-        let s = s.processing_requested(None).unwrap();
+        let s = s.processing_requested(None, None).unwrap();
         let s = s.job_started("guid-1").unwrap();
         let s = s.processed(vec!["w".into()]).unwrap();
         let s = s.publish_requested().unwrap();
@@ -971,7 +1016,8 @@ mod tests {
     fn forward(s: &BuildState) -> Next {
         match s {
             BuildState::Queued => s.validated(),
-            BuildState::Validated => s.version_ready(1),
+            BuildState::Validated => s.creating_version(0),
+            BuildState::CreatingVersion { .. } => s.version_ready(1),
             BuildState::VersionReady { .. } => s.upload_started(1, 25, 10, identity(25)),
             BuildState::Uploading {
                 acknowledged,
@@ -982,7 +1028,7 @@ mod tests {
                 s.chunk_acknowledged((acknowledged + chunk_size).min(*total))
             }
             BuildState::Uploading { .. } => s.uploaded(),
-            BuildState::Uploaded { .. } => s.processing_requested(None),
+            BuildState::Uploaded { .. } => s.processing_requested(None, None),
             BuildState::Processing { job_guid: None, .. } => s.job_started("guid"),
             BuildState::Processing { .. } => s.processed(vec!["warning".into()]),
             BuildState::Processed { .. } => s.publish_requested(),
@@ -1013,7 +1059,7 @@ mod tests {
                 _ => s.chunk_acknowledged(0),
             },
             Op::Uploaded => s.uploaded(),
-            Op::ProcessingRequested => s.processing_requested(None),
+            Op::ProcessingRequested => s.processing_requested(None, None),
             Op::JobStarted(g) => s.job_started(g.clone()),
             Op::Processed(w) => s.processed(w.clone()),
             Op::PublishRequested => s.publish_requested(),

@@ -108,7 +108,7 @@ impl Env {
         self.client.publish(APP, version).await.expect("publish");
         poll("the version is published", || async move {
             let v = self.client.get_version(APP, version).await.expect("get");
-            v.published.then_some(v)
+            (v.published == Some(true)).then_some(v)
         })
         .await
     }
@@ -226,7 +226,7 @@ async fn every_endpoint_from_app_to_published_version() {
 
     assert!(t.client.list_versions(APP).await.unwrap().is_empty());
     let draft = t.draft("1.0.0").await;
-    assert!(draft.draft && draft.id == 1 && draft.label == "1.0.0");
+    assert!(draft.draft == Some(true) && draft.id == 1 && draft.label == "1.0.0");
     let patch = VersionPatch {
         label: Some("1.0.1".into()),
         changelog: Some("fixed".into()),
@@ -272,7 +272,7 @@ async fn every_endpoint_from_app_to_published_version() {
     );
 
     let published = t.publish(draft.id).await;
-    assert!(!published.draft && published.publish_date > 0);
+    assert!(published.draft == Some(false) && published.publish_date > 0);
     let info = t.version_info(draft.id);
     assert!(info.published && !info.draft);
     assert_eq!(

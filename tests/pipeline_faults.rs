@@ -3,6 +3,7 @@
 //! refused API key, SIGTERM mid-upload, and a second daemon on the same
 //! state. Every file still ends up published exactly once.
 
+#[macro_use]
 mod harness;
 
 use std::time::{Duration, Instant};
@@ -23,252 +24,259 @@ fn slow(latency_ms: u64, jitter_ms: u64) -> FaultConfig {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kills_at_random_moments_of_an_upload_lose_at_most_a_chunk_each() {
-    let s = Setup::new(1)
-        .sandbox(|c| c.faults(slow(60, 40)))
-        .start()
-        .await;
-    let file = s.drop_zip(0, "game-1.0", chunks(8));
-    let mut rng = rand::rngs::StdRng::seed_from_u64(0x5eed);
-    let mut kills = 0;
-    for _ in 0..4 {
-        let sent = s.snapshot().total(CHUNK_ROUTE);
-        let mut daemon = s.spawn(true, None);
-        // This run is uploading once the sandbox sees one more chunk.
-        until("a chunk from this run", || {
-            s.snapshot().total(CHUNK_ROUTE) > sent || daemon.try_wait().is_some()
-        })
-        .await;
-        tokio::time::sleep(Duration::from_millis(rng.random_range(0..250))).await;
-        if daemon.try_wait().is_some() {
-            break;
-        }
-        daemon.kill().await;
-        kills += 1;
-    }
-    s.run_child_ok().await;
-
-    assert!(kills >= 2, "the upload outran the kills");
-    let snap = s.snapshot();
-    s.assert_published_in_order("app-0", &[&file]);
-    assert_eq!(snap.count(CREATE_VERSION, "201"), 1);
-    assert_eq!(snap.count(CREATE_UPLOAD, "201"), 1, "{}", s.logs());
-    let twice: u64 = snap.uploads.iter().map(|u| u.received_twice).sum();
-    eprintln!("{kills} kills, {twice} bytes sent twice");
-    assert!(
-        twice <= kills * CHUNK,
-        "{twice} bytes twice after {kills} kills"
-    );
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn thirty_builds_through_random_faults_are_each_published_once_in_order() {
-    const APPS: usize = 3;
-    const PER_APP: usize = 10;
-    let s = Setup::new(APPS)
-        .sandbox(|c| {
-            c.faults(FaultConfig {
-                fail_5xx: 0.10,
-                drop_before: 0.025,
-                drop_after: 0.025,
-                chunk_412: 0.05,
-                ..FaultConfig::seeded(2024)
+each_variant! {
+    async fn kills_at_random_moments_of_an_upload_lose_at_most_a_chunk_each(variant) {
+        let s = Setup::new(1).variant(variant)
+            .sandbox(|c| c.faults(slow(60, 40)))
+            .start()
+            .await;
+        let file = s.drop_zip(0, "game-1.0", chunks(8));
+        let mut rng = rand::rngs::StdRng::seed_from_u64(0x5eed);
+        let mut kills = 0;
+        for _ in 0..4 {
+            let sent = s.snapshot().total(CHUNK_ROUTE);
+            let mut daemon = s.spawn(true, None);
+            // This run is uploading once the sandbox sees one more chunk.
+            until("a chunk from this run", || {
+                s.snapshot().total(CHUNK_ROUTE) > sent || daemon.try_wait().is_some()
             })
-        })
-        .start()
-        .await;
-    let files: Vec<Vec<Dropped>> = (0..APPS)
-        .map(|a| {
-            (0..PER_APP)
-                .map(|n| s.drop_zip(a, &format!("game-{a}-{n:02}"), chunks(1 + (n % 2) as u64)))
-                .collect()
-        })
-        .collect();
-    let arrival: Vec<&Dropped> = (0..PER_APP)
-        .flat_map(|n| files.iter().map(move |f| &f[n]))
-        .collect();
-    s.enqueue(&arrival).await;
+            .await;
+            tokio::time::sleep(Duration::from_millis(rng.random_range(0..250))).await;
+            if daemon.try_wait().is_some() {
+                break;
+            }
+            daemon.kill().await;
+            kills += 1;
+        }
+        s.run_child_ok().await;
 
-    let started = Instant::now();
-    s.run_once().await;
-    let elapsed = started.elapsed();
-
-    for (a, app_files) in files.iter().enumerate() {
-        let refs: Vec<&Dropped> = app_files.iter().collect();
-        s.assert_published_in_order(&harness::app(a), &refs);
-    }
-    for build in s.builds().await {
+        assert!(kills >= 2, "the upload outran the kills");
+        let snap = s.snapshot();
+        s.assert_published_in_order("app-0", &[&file]);
+        assert_eq!(snap.count(CREATE_VERSION, "201"), 1);
+        assert_eq!(snap.count(CREATE_UPLOAD, "201"), 1, "{}", s.logs());
+        let twice: u64 = snap.uploads.iter().map(|u| u.received_twice).sum();
+        eprintln!("{kills} kills, {twice} bytes sent twice");
         assert!(
-            matches!(build.state, BuildState::Published { .. }),
-            "build {}: {}",
-            build.id,
-            build.state
+            twice <= kills * CHUNK,
+            "{twice} bytes twice after {kills} kills"
         );
     }
-    let snap = s.snapshot();
-    assert_eq!(snap.count(CREATE_VERSION, "403"), 0);
-    // Three apps interleave their requests, so which request draws which
-    // fault varies from run to run; only the common faults are sure to
-    // fire (a 412 needs one of the few dozen chunks to draw it).
-    let f = &snap.faults;
-    assert!(
-        f.injected_5xx > 0 && f.dropped_before > 0 && f.dropped_after > 0,
-        "{f:?}"
-    );
-    eprintln!("{} builds through {f:?} in {elapsed:?}", APPS * PER_APP);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_refused_key_pauses_every_build_until_the_key_file_is_fixed() {
-    const WORKERS: u64 = 2;
-    let s = Setup::new(2).workers(WORKERS as usize).start().await;
-    s.write_key("a-revoked-key");
-    let files = [
-        s.drop_zip(0, "game-1.0", chunks(1)),
-        s.drop_zip(0, "game-1.1", chunks(1)),
-        s.drop_zip(1, "game-2.0", chunks(1)),
-    ];
-    s.enqueue(&[&files[0], &files[1], &files[2]]).await;
-    let refused = |snap: &patchkit_autopublish::sandbox::Snapshot| -> u64 {
-        snap.requests.values().filter_map(|s| s.get("401")).sum()
-    };
+each_variant! {
+    async fn thirty_builds_through_random_faults_are_each_published_once_in_order(variant) {
+        const APPS: usize = 3;
+        const PER_APP: usize = 10;
+        let s = Setup::new(APPS).variant(variant)
+            .sandbox(|c| {
+                c.faults(FaultConfig {
+                    fail_5xx: 0.10,
+                    drop_before: 0.025,
+                    drop_after: 0.025,
+                    chunk_412: 0.05,
+                    ..FaultConfig::seeded(2024)
+                })
+            })
+            .start()
+            .await;
+        let files: Vec<Vec<Dropped>> = (0..APPS)
+            .map(|a| {
+                (0..PER_APP)
+                    .map(|n| s.drop_zip(a, &format!("game-{a}-{n:02}"), chunks(1 + (n % 2) as u64)))
+                    .collect()
+            })
+            .collect();
+        let arrival: Vec<&Dropped> = (0..PER_APP)
+            .flat_map(|n| files.iter().map(move |f| &f[n]))
+            .collect();
+        s.enqueue(&arrival).await;
 
-    let started = Instant::now();
-    let cancel = CancellationToken::new();
-    let fix = async {
-        tokio::time::sleep(Duration::from_secs(4)).await;
-        let seen = refused(&s.snapshot());
-        let elapsed = started.elapsed().as_secs();
-        s.write_key(harness::KEY);
-        harness::until("every build published after the key was fixed", || {
-            let snap = s.snapshot();
-            ["app-0", "app-1"]
-                .iter()
-                .map(|app| snap.versions(app).iter().filter(|v| v.published).count())
-                .sum::<usize>()
-                == 3
+        let started = Instant::now();
+        s.run_once().await;
+        let elapsed = started.elapsed();
+
+        for (a, app_files) in files.iter().enumerate() {
+            let refs: Vec<&Dropped> = app_files.iter().collect();
+            s.assert_published_in_order(&harness::app(a), &refs);
+        }
+        for build in s.builds().await {
+            assert!(
+                matches!(build.state, BuildState::Published { .. }),
+                "build {}: {}",
+                build.id,
+                build.state
+            );
+        }
+        let snap = s.snapshot();
+        assert_eq!(snap.count(CREATE_VERSION, "403"), 0);
+        // Three apps interleave their requests, so which request draws which
+        // fault varies from run to run; only the common faults are sure to
+        // fire (a 412 needs one of the few dozen chunks to draw it).
+        let f = &snap.faults;
+        assert!(
+            f.injected_5xx > 0 && f.dropped_before > 0 && f.dropped_after > 0,
+            "{f:?}"
+        );
+        eprintln!("{} builds through {f:?} in {elapsed:?}", APPS * PER_APP);
+    }
+}
+
+each_variant! {
+    async fn a_refused_key_pauses_every_build_until_the_key_file_is_fixed(variant) {
+        const WORKERS: u64 = 2;
+        let s = Setup::new(2).variant(variant).workers(WORKERS as usize).start().await;
+        s.write_key("a-revoked-key");
+        let files = [
+            s.drop_zip(0, "game-1.0", chunks(1)),
+            s.drop_zip(0, "game-1.1", chunks(1)),
+            s.drop_zip(1, "game-2.0", chunks(1)),
+        ];
+        s.enqueue(&[&files[0], &files[1], &files[2]]).await;
+        let refused = |snap: &patchkit_autopublish::sandbox::Snapshot| -> u64 {
+            snap.requests.values().filter_map(|s| s.get("401")).sum()
+        };
+
+        let started = Instant::now();
+        let cancel = CancellationToken::new();
+        let fix = async {
+            tokio::time::sleep(Duration::from_secs(4)).await;
+            let seen = refused(&s.snapshot());
+            let elapsed = started.elapsed().as_secs();
+            s.write_key(harness::KEY);
+            harness::until("every build published after the key was fixed", || {
+                let snap = s.snapshot();
+                ["app-0", "app-1"]
+                    .iter()
+                    .map(|app| snap.versions(app).iter().filter(|v| v.published).count())
+                    .sum::<usize>()
+                    == 3
+            })
+            .await;
+            cancel.cancel();
+            (seen, elapsed)
+        };
+        let ((seen, elapsed), ()) = tokio::time::timeout(harness::LIMIT, async {
+            tokio::join!(fix, s.run_watching(cancel.clone()))
+        })
+        .await
+        .expect("the builds finished once the key was fixed");
+
+        // auth_retry is 1 s: one try per worker per pause, not a storm.
+        eprintln!("{seen} refused requests in {elapsed} s");
+        assert!(seen >= 1, "the key was never tried");
+        assert!(
+            seen <= WORKERS * (elapsed + 2),
+            "{seen} refused requests in {elapsed} s"
+        );
+        s.assert_published_in_order("app-0", &[&files[0], &files[1]]);
+        s.assert_published_in_order("app-1", &[&files[2]]);
+    }
+}
+
+each_variant! {
+    async fn sigterm_mid_upload_exits_cleanly_and_the_restart_resumes(variant) {
+        let s = Setup::new(1).variant(variant)
+            .shutdown_timeout("2s")
+            .sandbox(|c| c.faults(slow(80, 0)))
+            .start()
+            .await;
+        let file = s.drop_zip(0, "game-1.0", chunks(8));
+        let daemon = s.spawn(true, None);
+        until("two chunks", || s.snapshot().total(CHUNK_ROUTE) >= 2).await;
+        daemon.signal("TERM");
+        let status = daemon.wait(Duration::from_secs(2 + 3)).await;
+        assert_eq!(status.code(), Some(0), "{status:?}\n{}", s.logs());
+
+        let build = s.build_of(&file).await;
+        match build.state {
+            BuildState::Uploading {
+                acknowledged,
+                total,
+                ..
+            } => assert!(acknowledged > 0 && acknowledged < total, "{}", build.state),
+            other => panic!("stopped in {other}, not mid-upload\n{}", s.logs()),
+        }
+
+        s.run_child_ok().await;
+        s.assert_recovered(&file, 1, "after SIGTERM");
+    }
+}
+
+each_variant! {
+    async fn a_second_sigterm_exits_at_once_and_the_restart_resumes(variant) {
+        let s = Setup::new(1).variant(variant)
+            .shutdown_timeout("30s")
+            .sandbox(|c| c.faults(slow(100, 0)))
+            .start()
+            .await;
+        let file = s.drop_zip(0, "game-1.0", chunks(8));
+        let daemon = s.spawn(true, None);
+        until("a chunk", || s.snapshot().total(CHUNK_ROUTE) >= 1).await;
+        // From now on each request takes 3 s, so the first SIGTERM has a chunk
+        // in flight to wait for.
+        s.sb.set_faults(slow(3000, 0));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        daemon.signal("TERM");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let second = Instant::now();
+        daemon.signal("TERM");
+        let status = daemon.wait(Duration::from_secs(10)).await;
+        assert_eq!(status.code(), Some(1), "{status:?}\n{}", s.logs());
+        assert!(
+            second.elapsed() < Duration::from_secs(2),
+            "the second SIGTERM took {:?}",
+            second.elapsed()
+        );
+
+        s.sb.set_faults(FaultConfig::default());
+        s.run_child_ok().await;
+        s.assert_recovered(&file, 1, "after two SIGTERMs");
+    }
+}
+
+each_variant! {
+    async fn a_second_daemon_on_the_same_state_dir_is_refused_naming_the_lock(variant) {
+        let s = Setup::new(1).variant(variant).start().await;
+        let first = s.spawn(false, None);
+        let lock = s.state_dir().join("lock");
+        let pid = first.pid().to_string();
+        until("the first daemon's lock", || {
+            std::fs::read_to_string(&lock).is_ok_and(|t| t.trim() == pid)
         })
         .await;
-        cancel.cancel();
-        (seen, elapsed)
-    };
-    let ((seen, elapsed), ()) = tokio::time::timeout(harness::LIMIT, async {
-        tokio::join!(fix, s.run_watching(cancel.clone()))
-    })
-    .await
-    .expect("the builds finished once the key was fixed");
 
-    // auth_retry is 1 s: one try per worker per pause, not a storm.
-    eprintln!("{seen} refused requests in {elapsed} s");
-    assert!(seen >= 1, "the key was never tried");
-    assert!(
-        seen <= WORKERS * (elapsed + 2),
-        "{seen} refused requests in {elapsed} s"
-    );
-    s.assert_published_in_order("app-0", &[&files[0], &files[1]]);
-    s.assert_published_in_order("app-1", &[&files[2]]);
-}
+        let second = s.cli(&["run", "--once"]);
+        let stderr = String::from_utf8_lossy(&second.stderr);
+        assert_eq!(second.status.code(), Some(1), "{stderr}");
+        assert!(
+            stderr.contains(&s.state_dir().display().to_string()) && stderr.contains("lock"),
+            "{stderr}"
+        );
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_mid_upload_exits_cleanly_and_the_restart_resumes() {
-    let s = Setup::new(1)
-        .shutdown_timeout("2s")
-        .sandbox(|c| c.faults(slow(80, 0)))
-        .start()
-        .await;
-    let file = s.drop_zip(0, "game-1.0", chunks(8));
-    let daemon = s.spawn(true, None);
-    until("two chunks", || s.snapshot().total(CHUNK_ROUTE) >= 2).await;
-    daemon.signal("TERM");
-    let status = daemon.wait(Duration::from_secs(2 + 3)).await;
-    assert_eq!(status.code(), Some(0), "{status:?}\n{}", s.logs());
-
-    let build = s.build_of(&file).await;
-    match build.state {
-        BuildState::Uploading {
-            acknowledged,
-            total,
-            ..
-        } => assert!(acknowledged > 0 && acknowledged < total, "{}", build.state),
-        other => panic!("stopped in {other}, not mid-upload\n{}", s.logs()),
+        first.signal("TERM");
+        let status = first.wait(Duration::from_secs(10)).await;
+        assert_eq!(status.code(), Some(0), "{}", s.logs());
     }
-
-    s.run_child_ok().await;
-    s.assert_recovered(&file, 1, "after SIGTERM");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_second_sigterm_exits_at_once_and_the_restart_resumes() {
-    let s = Setup::new(1)
-        .shutdown_timeout("30s")
-        .sandbox(|c| c.faults(slow(100, 0)))
-        .start()
-        .await;
-    let file = s.drop_zip(0, "game-1.0", chunks(8));
-    let daemon = s.spawn(true, None);
-    until("a chunk", || s.snapshot().total(CHUNK_ROUTE) >= 1).await;
-    // From now on each request takes 3 s, so the first SIGTERM has a chunk
-    // in flight to wait for.
-    s.sb.set_faults(slow(3000, 0));
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    daemon.signal("TERM");
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let second = Instant::now();
-    daemon.signal("TERM");
-    let status = daemon.wait(Duration::from_secs(10)).await;
-    assert_eq!(status.code(), Some(1), "{status:?}\n{}", s.logs());
-    assert!(
-        second.elapsed() < Duration::from_secs(2),
-        "the second SIGTERM took {:?}",
-        second.elapsed()
-    );
-
-    s.sb.set_faults(FaultConfig::default());
-    s.run_child_ok().await;
-    s.assert_recovered(&file, 1, "after two SIGTERMs");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_second_daemon_on_the_same_state_dir_is_refused_naming_the_lock() {
-    let s = Setup::new(1).start().await;
-    let first = s.spawn(false, None);
-    let lock = s.state_dir().join("lock");
-    let pid = first.pid().to_string();
-    until("the first daemon's lock", || {
-        std::fs::read_to_string(&lock).is_ok_and(|t| t.trim() == pid)
-    })
-    .await;
-
-    let second = s.cli(&["run", "--once"]);
-    let stderr = String::from_utf8_lossy(&second.stderr);
-    assert_eq!(second.status.code(), Some(1), "{stderr}");
-    assert!(
-        stderr.contains(&s.state_dir().display().to_string()) && stderr.contains("lock"),
-        "{stderr}"
-    );
-
-    first.signal("TERM");
-    let status = first.wait(Duration::from_secs(10)).await;
-    assert_eq!(status.code(), Some(0), "{}", s.logs());
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn with_once_a_refused_key_ends_the_run_with_an_error_and_keeps_the_builds() {
-    let s = Setup::new(1).auth_retry("1s").start().await;
-    s.write_key("a-revoked-key");
-    let file = s.drop_zip(0, "game-1.0", chunks(1));
-    s.enqueue(&[&file]).await;
-    let ended = tokio::time::timeout(harness::LIMIT, s.run_daemon(true, CancellationToken::new()))
-        .await
-        .expect("--once returns instead of waiting for a key nobody fixes");
-    let err = ended.expect_err("a refused key is an error with --once");
-    assert!(err.to_string().contains("refused the API key"), "{err}");
-    // The build is kept, unfinished, for the next run.
-    let build = s.build_of(&file).await;
-    assert!(!build.state.is_terminal(), "{:?}", build.state);
-    assert!(build.last_error.unwrap_or_default().contains("401"));
-    s.write_key(harness::KEY);
-    s.run_in_process(CancellationToken::new()).await;
-    s.assert_published_in_order("app-0", &[&file]);
+each_variant! {
+    async fn with_once_a_refused_key_ends_the_run_with_an_error_and_keeps_the_builds(variant) {
+        let s = Setup::new(1).variant(variant).auth_retry("1s").start().await;
+        s.write_key("a-revoked-key");
+        let file = s.drop_zip(0, "game-1.0", chunks(1));
+        s.enqueue(&[&file]).await;
+        let ended = tokio::time::timeout(harness::LIMIT, s.run_daemon(true, CancellationToken::new()))
+            .await
+            .expect("--once returns instead of waiting for a key nobody fixes");
+        let err = ended.expect_err("a refused key is an error with --once");
+        assert!(err.to_string().contains("refused the API key"), "{err}");
+        // The build is kept, unfinished, for the next run.
+        let build = s.build_of(&file).await;
+        assert!(!build.state.is_terminal(), "{:?}", build.state);
+        assert!(build.last_error.unwrap_or_default().contains("401"));
+        s.write_key(harness::KEY);
+        s.run_in_process(CancellationToken::new()).await;
+        s.assert_published_in_order("app-0", &[&file]);
+    }
 }

@@ -998,3 +998,240 @@ async fn the_http_inspection_api_steers_the_sandbox() {
     assert_eq!(snap.faults.injected_5xx, 1);
     assert!(snap.key_in_header > 0);
 }
+
+// ---------------------------------------------------------------------------
+// Variants: the answers the sources leave open.
+// ---------------------------------------------------------------------------
+
+async fn with_variant(variant: patchkit_autopublish::sandbox::Variant) -> T {
+    start(
+        SandboxConfig::new(KEY)
+            .with_app(APP)
+            .job_duration(STEP)
+            .publish_duration(STEP)
+            .variant(variant),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn swagger_keys_leave_out_what_the_swagger_does_not_list() {
+    use patchkit_autopublish::sandbox::Variant;
+    let t = with_variant(Variant::SwaggerKeys).await;
+    let id = t.create_version("1.0").await;
+    let v = t.version(id).await;
+    for absent in ["publish_time", "processing_progress"] {
+        assert!(v.get(absent).is_none(), "{absent} in {v}");
+    }
+    assert_eq!(v["processing_messages"], Value::Null);
+    assert_eq!(v["has_processing_error"], false);
+    let (_, app) = t.get(&format!("/1/apps/{APP}")).await;
+    for absent in ["is_channel", "allow_channel_direct_publish", "parent_group"] {
+        assert!(app.get(absent).is_none(), "{absent} in {app}");
+    }
+    // Our client still reads such a version and can decide on it.
+    let client = patchkit_autopublish::patchkit::Client::new(
+        patchkit_autopublish::patchkit::ClientOptions::new(
+            t.sb.main_url().parse().unwrap(),
+            t.sb.upload_url().parse().unwrap(),
+            patchkit_autopublish::patchkit::ApiKey::new(KEY).unwrap(),
+        ),
+    )
+    .unwrap();
+    let read = client.get_version(APP, id).await.unwrap();
+    assert_eq!(read.processing_progress, None);
+    assert_eq!(read.is_open_draft(), Ok(true));
+}
+
+#[tokio::test]
+async fn lazy_timestamps_keep_the_old_times_until_the_job_starts() {
+    use patchkit_autopublish::sandbox::Variant;
+    let t = with_variant(Variant::LazyTimestamps).await;
+    let zip = stored_zip("game.exe", b"first");
+    let (id, guid) = t.upload_and_process("1.0", &zip).await;
+    let before = t.version(id).await;
+    assert_eq!(
+        before["processing_started_at"],
+        Value::Null,
+        "queued: {before}"
+    );
+    let (_, app) = t.get(&format!("/1/apps/{APP}")).await;
+    assert_eq!(app["processing_version"], id, "{app}");
+    t.wait_job(&guid).await;
+    let first = t.version(id).await;
+    assert!(first["processing_finished_at"].is_string(), "{first}");
+
+    // Processed again: the first times stay until the new job starts.
+    let guid = t.process(id, &stored_zip("game.exe", b"second")).await;
+    let queued = t.version(id).await;
+    assert_eq!(
+        queued["processing_started_at"],
+        first["processing_started_at"]
+    );
+    assert_eq!(
+        queued["processing_finished_at"],
+        first["processing_finished_at"]
+    );
+    let (_, app) = t.get(&format!("/1/apps/{APP}")).await;
+    assert_eq!(app["processing_version"], id, "{app}");
+    t.wait_job(&guid).await;
+    let second = t.version(id).await;
+    assert_ne!(
+        second["processing_started_at"],
+        first["processing_started_at"]
+    );
+    assert_ne!(
+        second["processing_finished_at"],
+        first["processing_finished_at"]
+    );
+}
+
+#[tokio::test]
+async fn content_file_refusals_can_be_404_with_other_wording() {
+    use patchkit_autopublish::sandbox::Variant;
+    let t = with_variant(Variant::ContentFile404).await;
+    let id = t.create_version("1.0").await;
+    let upload = t.create_upload(10).await;
+    let (s, v) = t
+        .form(
+            Method::PUT,
+            &format!("/1/apps/{APP}/versions/{id}/content_file"),
+            &[("upload_id", &upload.to_string())],
+        )
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "{v}");
+    let message = v["message"].as_str().unwrap();
+    assert!(
+        !message.contains("incomplete") && !message.contains("upload"),
+        "{v}"
+    );
+}
+
+#[tokio::test]
+async fn a_wrong_key_can_be_403_on_version_endpoints_and_ignored_on_public_ones() {
+    use patchkit_autopublish::sandbox::Variant;
+    let t = with_variant(Variant::Forbidden403).await;
+    let wrong = |method, path: &str| {
+        t.http
+            .request(method, format!("{}{path}", t.sb.main_url()))
+            .header("X-Api-Key", "wrong")
+    };
+    let (s, _) = t
+        .send(wrong(Method::GET, &format!("/1/apps/{APP}/versions")))
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    let (s, _) = t.send(wrong(Method::GET, &format!("/1/apps/{APP}"))).await;
+    assert_eq!(s, StatusCode::OK, "a public endpoint ignores the key");
+    let (s, _) = t.send(wrong(Method::GET, "/1/apps")).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn a_forgetful_restart_drops_drafts_uploads_and_jobs_but_not_published_versions() {
+    use patchkit_autopublish::sandbox::Variant;
+    let t = with_variant(Variant::Forgetful).await;
+    let (id, guid) = t
+        .upload_and_process("1.0", &stored_zip("game.exe", b"x"))
+        .await;
+    t.wait_job(&guid).await;
+    let (s, v) = t.publish(id).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    t.wait_publish_settled(id).await;
+    let draft = t.create_version("1.1").await;
+    let upload = t.create_upload(10).await;
+    t.sb.restart();
+    let (s, _) = t.get(&format!("/1/apps/{APP}/versions/{draft}")).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    assert_eq!(t.version(id).await["published"], true);
+    let (s, _) = t.chunk(upload, Some("bytes 0-9/10"), &[0; 10], None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, _) = t.get(&format!("/1/background_jobs/{guid}")).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    // The forgotten id is given again.
+    assert_eq!(t.create_version("1.1").await, draft);
+
+    // Without the variant, a restart loses nothing.
+    let durable = default().await;
+    let kept = durable.create_version("1.0").await;
+    durable.sb.restart();
+    durable.version(kept).await;
+}
+
+#[tokio::test]
+async fn channel_apps_show_their_group_and_can_be_added_over_http() {
+    let t = default().await;
+    t.sb.add_channel_app(KEY, "chan", APP, false);
+    let (_, app) = t.get("/1/apps/chan").await;
+    assert_eq!(app["is_channel"], true);
+    assert_eq!(app["allow_channel_direct_publish"], false);
+    assert_eq!(app["parent_group"]["secret"], APP);
+    let (_, group) = t.get(&format!("/1/apps/{APP}")).await;
+    assert_eq!(group["is_channel"], false);
+    assert_eq!(group["parent_group"], Value::Null);
+
+    let resp = t
+        .http
+        .post(format!("{}/_sandbox/apps", t.sb.main_url()))
+        .json(&serde_json::json!({
+            "owner": KEY, "secret": "chan-2", "channel_of": APP,
+            "allow_channel_direct_publish": true
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    let (_, app) = t.get("/1/apps/chan-2").await;
+    assert_eq!(app["allow_channel_direct_publish"], true);
+    let resp = t
+        .http
+        .post(format!("{}/_sandbox/restart", t.sb.main_url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+}
+
+#[tokio::test]
+async fn the_cli_runner_takes_variants_and_channel_apps() {
+    use clap::Parser;
+    use patchkit_autopublish::sandbox::Variant;
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: patchkit_autopublish::sandbox::cli::SandboxArgs,
+    }
+    let cli = Cli::try_parse_from([
+        "x",
+        "--variant",
+        "swagger-keys",
+        "--variant",
+        "forbidden-403",
+        "--variant",
+        "content-file-404",
+        "--channel-app",
+        "chan=group",
+    ])
+    .unwrap();
+    assert_eq!(
+        cli.args.variants,
+        [
+            Variant::SwaggerKeys,
+            Variant::Forbidden403,
+            Variant::ContentFile404
+        ]
+    );
+    for v in Variant::ALL {
+        let parsed = Cli::try_parse_from(["x", "--variant", v.name()]).unwrap();
+        assert_eq!(parsed.args.variants, [v]);
+    }
+    assert!(Cli::try_parse_from(["x", "--variant", "nonsense"]).is_err());
+    let bad = Cli::try_parse_from(["x", "--channel-app", "chan"]).unwrap();
+    assert!(
+        patchkit_autopublish::sandbox::cli::run(
+            bad.args,
+            tokio_util::sync::CancellationToken::new()
+        )
+        .await
+        .is_err()
+    );
+}

@@ -233,7 +233,7 @@ async fn a_newer_schema_is_refused_with_a_clear_error() {
 
     // Write a record from the future behind the store's back.
     let db = open_raw(dir.path());
-    let future = br#"{"v":2,"id":0,"something":"new"}"#;
+    let future = br#"{"v":3,"id":0,"something":"new"}"#;
     db.open_tree("builds")
         .unwrap()
         .insert(build.id.to_key(), &future[..])
@@ -245,13 +245,13 @@ async fn a_newer_schema_is_refused_with_a_clear_error() {
     // skip a build it cannot understand.
     let err = open_err(dir.path());
     assert!(
-        matches!(&err, StoreError::UnsupportedSchema { version: 2, key } if key == &format!("build {}", build.id)),
+        matches!(&err, StoreError::UnsupportedSchema { version: 3, key } if key == &format!("build {}", build.id)),
         "{err:?}"
     );
-    assert!(err.to_string().contains("schema version 2"), "{err}");
+    assert!(err.to_string().contains("schema version 3"), "{err}");
     assert!(
         decode_build("x", future)
-            .is_err_and(|e| matches!(e, StoreError::UnsupportedSchema { version: 2, .. }))
+            .is_err_and(|e| matches!(e, StoreError::UnsupportedSchema { version: 3, .. }))
     );
 
     // And a database whose schema version is from the future is not opened.
@@ -449,6 +449,7 @@ fn v1_fixtures() -> Vec<(&'static str, Build)> {
                     upload_id: 90_001,
                     job_guid: Some("5c1d2c7e-8a3b-4f4e-9d61-0f6f1a2b3c4d".into()),
                     prior_started_at: None,
+                    prior_finished_at: None,
                 },
                 ..base.clone()
             },

@@ -5,6 +5,40 @@
 //! strings, `null` where an array or string is expected) and ignores unknown
 //! fields, so a server that adds a field never breaks us. Knows nothing about
 //! HTTP; the client turns a body into these types and back.
+//!
+//! PatchKit's own 2018 Swagger file lists fewer keys than the vendor guide,
+//! and the real service has never been observed directly, so a body decodes
+//! whenever `id` is there. A key that only some decisions need is kept as an
+//! `Option` and read through an accessor that names it when it is missing
+//! ([`MissingKey`]); the stage turns that into a retried step, never a wrong
+//! decision and never a failed build. What each key is needed for:
+//!
+//! | type       | key                            | required for                         | when absent or `null`        |
+//! |------------|--------------------------------|--------------------------------------|------------------------------|
+//! | App        | `id`, `name`, `platform`       | nothing (shown only)                 | 0 / empty                    |
+//! | App        | `secret`                       | nothing (we address apps by ours)    | empty                        |
+//! | App        | `processing_version`           | following processing after a restart | no version being processed   |
+//! | App        | `publishing_version`           | nothing (shown only)                 | none                         |
+//! | App        | `is_channel`                   | refusing channel apps                | not a channel                |
+//! | App        | `allow_channel_direct_publish` | refusing channel apps                | not allowed                  |
+//! | App        | `parent_group`                 | naming the group in the message      | unknown group                |
+//! | AppVersion | `id`                           | everything                           | **body refused**             |
+//! | AppVersion | `draft`                        | finding drafts, checking our version | **step retried**             |
+//! | AppVersion | `published`, `pending_publish` | following a publish                  | **step retried**             |
+//! | AppVersion | `has_processing_error`         | deciding a version may be published  | **step retried**             |
+//! | AppVersion | `publish_time`                 | seeing a scheduled publish           | 0: not scheduled             |
+//! | AppVersion | `label`, `changelog`           | matching drafts to builds            | empty                        |
+//! | AppVersion | `processing_started_at`, `processing_finished_at` | following processing | not started / not finished |
+//! | AppVersion | `processing_progress`          | progress shown, a hint of running    | unknown                      |
+//! | AppVersion | `processing_messages`          | deciding a version may be published  | no messages                  |
+//! | AppVersion | `publish_progress`, `publish_date`, `publish_when_processed` | shown | 0 / false            |
+//! | message    | `severity`                     | deciding a version may be published  | unknown: **blocks**          |
+//!
+//! A message severity other than `info`, `warning` and `error` (or none)
+//! blocks publishing like `error` and is shown with its name: a severity
+//! added after the guide was written may well be worse than `error`, and a
+//! build held back for a person to look at costs less than a broken build
+//! published to every player.
 
 use std::fmt;
 
@@ -14,8 +48,10 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct App {
     /// Numeric id; the API addresses apps by `secret` instead.
+    #[serde(default, deserialize_with = "null_as_default")]
     pub id: u64,
     /// The app secret: how every app endpoint names the app.
+    #[serde(default, deserialize_with = "null_as_default")]
     pub secret: String,
     /// Internal name.
     #[serde(default, deserialize_with = "null_as_default")]
@@ -35,14 +71,50 @@ pub struct App {
     /// Version being published, if any (an id, `false` or `null`).
     #[serde(default, deserialize_with = "version_ref")]
     pub publishing_version: Option<u64>,
+    /// A channel app: it normally gets its versions from its group app.
+    /// Absent on servers that predate channels: not a channel.
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub is_channel: bool,
+    /// A channel app that may also take uploads of its own. Absent: not
+    /// allowed (the safe reading for a channel).
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub allow_channel_direct_publish: bool,
+    /// The group app a channel belongs to, when PatchKit names it.
+    #[serde(default)]
+    pub parent_group: Option<ParentGroup>,
 }
+
+impl App {
+    /// A channel app that refuses direct uploads: PatchKit's `pkt` stops
+    /// before uploading to one, and so do we.
+    pub fn refuses_direct_uploads(&self) -> bool {
+        self.is_channel && !self.allow_channel_direct_publish
+    }
+}
+
+/// The group app of a channel app.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ParentGroup {
+    /// The group app's secret.
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub secret: String,
+    /// The group app's name.
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub name: String,
+}
+
+/// A key a decision needs is missing from (or `null` in) a response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the answer has no {0:?} key, which this step needs to decide")]
+pub struct MissingKey(pub &'static str);
 
 /// One version of an app, as `GET /1/apps/{secret}/versions/{id}` returns it.
 ///
-/// The fields the pipeline decides on (`id`, `draft`, `published`,
-/// `pending_publish`, `publish_time`, `has_processing_error`) must be present:
-/// defaulting them would turn a changed server into a wrong decision. The rest
-/// fall back to empty values.
+/// Only `id` must be present. The keys a decision needs (`draft`,
+/// `published`, `pending_publish`, `has_processing_error`) are `Option`s
+/// read through accessors that report a [`MissingKey`]: defaulting them
+/// would turn a changed server into a wrong decision. The rest fall back to
+/// the values in the module's table.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AppVersion {
     /// Per-app sequential id, starting at 1.
@@ -54,22 +126,24 @@ pub struct AppVersion {
     #[serde(default, deserialize_with = "null_as_default")]
     pub changelog: String,
     /// True until the version is published; an app has at most one draft.
-    #[serde(deserialize_with = "null_as_default")]
-    pub draft: bool,
+    /// Read it with [`AppVersion::is_draft`].
+    #[serde(default)]
+    pub draft: Option<bool>,
     /// Unix seconds of publication, 0 while draft.
     #[serde(default, deserialize_with = "null_as_default")]
     pub publish_date: i64,
     /// Publishing is in progress.
-    #[serde(deserialize_with = "null_as_default")]
-    pub pending_publish: bool,
+    #[serde(default)]
+    pub pending_publish: Option<bool>,
     /// The version is publicly available.
-    #[serde(deserialize_with = "null_as_default")]
-    pub published: bool,
+    #[serde(default)]
+    pub published: Option<bool>,
     /// Publishing progress, 0..1.
     #[serde(default, deserialize_with = "null_as_default")]
     pub publish_progress: f64,
-    /// Unix seconds of a scheduled publication, 0 if none.
-    #[serde(deserialize_with = "null_as_default")]
+    /// Unix seconds of a scheduled publication, 0 if none (or absent:
+    /// PatchKit's Swagger does not list it).
+    #[serde(default, deserialize_with = "null_as_default")]
     pub publish_time: i64,
     /// The server publishes by itself once processing succeeds.
     #[serde(default, deserialize_with = "null_as_default")]
@@ -80,19 +154,20 @@ pub struct AppVersion {
     /// ISO-8601 time processing finished, if it has.
     #[serde(default)]
     pub processing_finished_at: Option<String>,
-    /// Processing progress, 0..1.
-    #[serde(default, deserialize_with = "null_as_default")]
-    pub processing_progress: f64,
+    /// Processing progress, 0..1; `None` when the server does not say.
+    #[serde(default)]
+    pub processing_progress: Option<f64>,
     /// Processing failed critically (no message comes with it).
-    #[serde(deserialize_with = "null_as_default")]
-    pub has_processing_error: bool,
+    #[serde(default)]
+    pub has_processing_error: Option<bool>,
     /// Messages from processing; `null` on the wire becomes empty.
     #[serde(default, deserialize_with = "null_as_default")]
     pub processing_messages: Vec<ProcessingMessage>,
 }
 
 /// Where a version stands in publishing, read from its fields as the
-/// contract's "Publishing" section prescribes.
+/// contract's "Publishing" section prescribes (`publish_time` absent counts
+/// as 0, not scheduled).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum PublishState {
     /// `published: true`.
@@ -112,11 +187,23 @@ pub enum PublishState {
 }
 
 impl AppVersion {
-    /// Processing messages with severity `error`: each one blocks publishing.
+    /// `draft`, which finding and checking drafts needs.
+    pub fn is_draft(&self) -> Result<bool, MissingKey> {
+        self.draft.ok_or(MissingKey("draft"))
+    }
+
+    /// A version that blocks a new draft: still a draft and neither
+    /// published nor scheduled. The one definition of "open draft".
+    pub fn is_open_draft(&self) -> Result<bool, MissingKey> {
+        Ok(self.is_draft()? && self.published != Some(true) && self.publish_time == 0)
+    }
+
+    /// Processing messages that block publishing: severity `error`, and any
+    /// severity this daemon does not know (see the module doc).
     pub fn errors(&self) -> impl Iterator<Item = &ProcessingMessage> {
         self.processing_messages
             .iter()
-            .filter(|m| m.severity == Severity::Error)
+            .filter(|m| matches!(m.severity, Severity::Error | Severity::Other(_)))
     }
 
     /// Processing messages with severity `warning`: shown, not blocking.
@@ -126,23 +213,23 @@ impl AppVersion {
             .filter(|m| m.severity == Severity::Warning)
     }
 
-    /// The server recorded the end of processing. The background job is the
-    /// authority while it runs; this is for reading a version afterwards.
-    pub fn is_processing_done(&self) -> bool {
-        self.processing_finished_at.is_some()
-    }
-
     /// Processing left nothing that forbids publishing: no critical error and
-    /// no `error` message.
-    pub fn is_publishable(&self) -> bool {
-        !self.has_processing_error && self.errors().next().is_none()
+    /// no blocking message. Needs `has_processing_error`.
+    pub fn is_publishable(&self) -> Result<bool, MissingKey> {
+        let critical = self
+            .has_processing_error
+            .ok_or(MissingKey("has_processing_error"))?;
+        Ok(!critical && self.errors().next().is_none())
     }
 
-    /// The publishing state, following the contract's rules in order.
-    pub fn publish_state(&self) -> PublishState {
-        if self.published {
+    /// The publishing state, following the contract's rules in order. Needs
+    /// `published` and `pending_publish`.
+    pub fn publish_state(&self) -> Result<PublishState, MissingKey> {
+        let published = self.published.ok_or(MissingKey("published"))?;
+        let pending = self.pending_publish.ok_or(MissingKey("pending_publish"))?;
+        Ok(if published {
             PublishState::Published
-        } else if self.pending_publish {
+        } else if pending {
             PublishState::Publishing {
                 progress: self.publish_progress,
             }
@@ -152,7 +239,7 @@ impl AppVersion {
             }
         } else {
             PublishState::NotPublished
-        }
+        })
     }
 }
 
@@ -160,6 +247,7 @@ impl AppVersion {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProcessingMessage {
     /// How serious it is.
+    #[serde(default = "unknown_severity")]
     pub severity: Severity,
     /// Text for the user.
     #[serde(default, deserialize_with = "null_as_default")]
@@ -206,6 +294,7 @@ impl Serialize for Severity {
 
 impl<'de> Deserialize<'de> for Severity {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        // A message without a severity is an unknown one: it blocks.
         let raw = Option::<String>::deserialize(d)?.unwrap_or_default();
         Ok(match raw.to_ascii_lowercase().as_str() {
             "info" => Severity::Info,
@@ -353,6 +442,10 @@ pub(crate) struct ErrorBody {
     pub symbol: Option<String>,
 }
 
+fn unknown_severity() -> Severity {
+    Severity::Other(String::new())
+}
+
 /// `null` becomes the type's default (an empty string, 0, false, no items).
 fn null_as_default<'de, D, T>(d: D) -> Result<T, D::Error>
 where
@@ -439,9 +532,72 @@ mod tests {
             v.processing_started_at.as_deref(),
             Some("2021-10-19T11:14:50.176Z")
         );
-        assert!(!v.is_processing_done());
-        assert!(v.is_publishable());
-        assert_eq!(v.publish_state(), PublishState::NotPublished);
+        assert!(v.is_publishable().unwrap());
+        assert_eq!(v.publish_state(), Ok(PublishState::NotPublished));
+        assert_eq!(v.is_open_draft(), Ok(true));
+    }
+
+    #[test]
+    fn version_with_only_the_swagger_keys_parses() {
+        let v: AppVersion = serde_json::from_value(json!({
+            "id": 3, "label": "1.0", "changelog": "", "draft": true, "publish_date": 0,
+            "pending_publish": false, "published": false, "publish_progress": 0,
+            "publish_when_processed": false, "processing_started_at": null,
+            "processing_finished_at": null, "has_processing_error": false,
+            "processing_messages": null
+        }))
+        .unwrap();
+        assert_eq!(v.publish_time, 0, "absent publish_time: not scheduled");
+        assert_eq!(v.processing_progress, None, "absent progress: unknown");
+        assert!(v.processing_messages.is_empty());
+        assert_eq!(v.publish_state(), Ok(PublishState::NotPublished));
+        assert_eq!(v.is_publishable(), Ok(true));
+    }
+
+    #[test]
+    fn a_missing_decision_key_is_named_not_defaulted() {
+        let v: AppVersion = serde_json::from_value(json!({"id": 4})).unwrap();
+        assert_eq!(v.is_draft(), Err(MissingKey("draft")));
+        assert_eq!(v.is_open_draft(), Err(MissingKey("draft")));
+        assert_eq!(v.publish_state(), Err(MissingKey("published")));
+        assert_eq!(v.is_publishable(), Err(MissingKey("has_processing_error")));
+        assert!(
+            MissingKey("draft").to_string().contains("\"draft\""),
+            "{}",
+            MissingKey("draft")
+        );
+        assert!(serde_json::from_value::<AppVersion>(json!({"label": "x"})).is_err());
+    }
+
+    #[test]
+    fn an_unknown_or_missing_severity_blocks_publishing() {
+        let mut raw = version_json();
+        raw["processing_messages"] = json!([{"severity": "critical", "message": "x"}]);
+        let v: AppVersion = serde_json::from_value(raw).unwrap();
+        assert_eq!(v.is_publishable(), Ok(false));
+        let mut raw = version_json();
+        raw["processing_messages"] = json!([{"message": "no severity"}]);
+        let v: AppVersion = serde_json::from_value(raw).unwrap();
+        assert_eq!(v.is_publishable(), Ok(false));
+        let mut raw = version_json();
+        raw["processing_messages"] = json!([{"severity": "Warning", "message": "w"}]);
+        let v: AppVersion = serde_json::from_value(raw).unwrap();
+        assert_eq!(v.is_publishable(), Ok(true));
+    }
+
+    #[test]
+    fn channel_fields_are_read_and_default_to_not_a_channel() {
+        let mut raw = app_json(json!(null));
+        let app: App = serde_json::from_value(raw.clone()).unwrap();
+        assert!(!app.is_channel && !app.refuses_direct_uploads());
+        raw["is_channel"] = json!(true);
+        raw["parent_group"] = json!({"secret": "grp", "name": "Group"});
+        let app: App = serde_json::from_value(raw.clone()).unwrap();
+        assert!(app.refuses_direct_uploads());
+        assert_eq!(app.parent_group.unwrap().secret, "grp");
+        raw["allow_channel_direct_publish"] = json!(true);
+        let app: App = serde_json::from_value(raw).unwrap();
+        assert!(!app.refuses_direct_uploads());
     }
 
     #[test]
@@ -469,21 +625,13 @@ mod tests {
         );
         assert_eq!(
             v.errors().map(|m| m.message.as_str()).collect::<Vec<_>>(),
-            ["c"]
+            ["c", "d"]
         );
         assert_eq!(
             v.warnings().map(|m| m.message.as_str()).collect::<Vec<_>>(),
             ["b"]
         );
-        assert!(!v.is_publishable());
-        assert!(v.is_processing_done());
-    }
-
-    #[test]
-    fn version_without_a_decision_field_is_refused() {
-        let mut raw = version_json();
-        raw.as_object_mut().unwrap().remove("published");
-        assert!(serde_json::from_value::<AppVersion>(raw).is_err());
+        assert_eq!(v.is_publishable(), Ok(false));
     }
 
     #[test]
@@ -492,12 +640,12 @@ mod tests {
         let with = |f: &dyn Fn(&mut AppVersion)| {
             let mut v = base.clone();
             f(&mut v);
-            v.publish_state()
+            v.publish_state().unwrap()
         };
-        assert_eq!(with(&|v| v.published = true), PublishState::Published);
+        assert_eq!(with(&|v| v.published = Some(true)), PublishState::Published);
         assert_eq!(
             with(&|v| {
-                v.pending_publish = true;
+                v.pending_publish = Some(true);
                 v.publish_progress = 0.25;
             }),
             PublishState::Publishing { progress: 0.25 }

@@ -19,7 +19,7 @@ use axum::{Extension, Form, Json, Router};
 use serde_json::{Value, json};
 
 use super::archive;
-use super::config::ProcessingOutcome;
+use super::config::{ProcessingOutcome, Variant};
 use super::state::{App, Job, Processing, Publish, Shared, Version};
 
 /// An API error: a status and the `{"message", "symbol"}` body.
@@ -248,7 +248,7 @@ async fn get_app(
         .apps
         .get(&secret)
         .ok_or_else(|| ApiError::not_found(format!("app {secret} not found")))?;
-    Ok(Json(app.json()))
+    Ok(Json(app.json(state.has(Variant::SwaggerKeys))))
 }
 
 async fn list_apps(
@@ -261,7 +261,7 @@ async fn list_apps(
         .apps
         .values()
         .filter(|a| a.owner == key)
-        .map(|a| a.json())
+        .map(|a| a.json(state.has(Variant::SwaggerKeys)))
         .collect();
     Ok(Json(Value::Array(apps)))
 }
@@ -285,8 +285,9 @@ async fn create_app(
     }
     let secret = random_hex(32);
     let mut state = shared.lock();
+    let swagger = state.has(Variant::SwaggerKeys);
     let app = state.add_app(&key, &secret, name, platform);
-    Ok((StatusCode::CREATED, Json(app.json())))
+    Ok((StatusCode::CREATED, Json(app.json(swagger))))
 }
 
 async fn list_versions(
@@ -308,7 +309,14 @@ async fn list_versions(
         .iter()
         .rev()
         .filter(|v| v.visible_to(owner))
-        .map(|v| v.json(now, &state.jobs, state.publish_duration))
+        .map(|v| {
+            v.json(
+                now,
+                &state.jobs,
+                state.publish_duration,
+                state.has(Variant::SwaggerKeys),
+            )
+        })
         .collect();
     Ok(Json(Value::Array(versions)))
 }
@@ -334,6 +342,7 @@ async fn get_version(
         Instant::now(),
         &state.jobs,
         state.publish_duration,
+        state.has(Variant::SwaggerKeys),
     )))
 }
 
@@ -370,7 +379,12 @@ async fn create_version(
     let version = state.apps[&secret].versions.last().expect("just pushed");
     Ok((
         StatusCode::CREATED,
-        Json(version.json(Instant::now(), &state.jobs, state.publish_duration)),
+        Json(version.json(
+            Instant::now(),
+            &state.jobs,
+            state.publish_duration,
+            state.has(Variant::SwaggerKeys),
+        )),
     ))
 }
 
@@ -382,6 +396,7 @@ async fn patch_version(
 ) -> Result<Json<Value>, ApiError> {
     let mut guard = shared.lock();
     let state = &mut *guard;
+    let swagger = state.has(Variant::SwaggerKeys);
     let app = owned_app(&mut state.apps, &caller, &secret)?;
     let version = find_version(&mut app.versions, &id, &secret)?;
     if !version.is_draft() {
@@ -413,6 +428,7 @@ async fn patch_version(
         Instant::now(),
         &state.jobs,
         state.publish_duration,
+        swagger,
     )))
 }
 
@@ -506,6 +522,23 @@ fn check_content_file(
     Ok(upload.path.clone())
 }
 
+/// A refusal of `content_file` as this sandbox's variants word it: with
+/// `content-file-404`, every refusal but a missing key is a 404 that says
+/// nothing of the reason.
+fn refusal<T>(state: &super::state::State, checked: Result<T, ApiError>) -> Result<T, ApiError> {
+    checked.map_err(|e| {
+        if state.has(Variant::ContentFile404) && e.status != StatusCode::UNAUTHORIZED {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "record_not_found",
+                "Couldn't find the requested resource",
+            )
+        } else {
+            e
+        }
+    })
+}
+
 async fn content_file(
     State(shared): State<Arc<Shared>>,
     Extension(caller): Extension<Caller>,
@@ -519,7 +552,11 @@ async fn content_file(
             format!("upload_id must be an integer, got {raw:?}"),
         )
     })?;
-    let path = check_content_file(&mut shared.lock(), &caller, &secret, &id, upload_id)?;
+    let path = {
+        let mut state = shared.lock();
+        let checked = check_content_file(&mut state, &caller, &secret, &id, upload_id);
+        refusal(&state, checked)?
+    };
     // The file is read outside the lock: a big build must not stall every
     // other request while it is hashed.
     let analysis = tokio::task::spawn_blocking(move || archive::analyze(&path))
@@ -534,9 +571,15 @@ async fn content_file(
         })?;
     let mut guard = shared.lock();
     // Checked again: another request may have started a job meanwhile.
-    check_content_file(&mut guard, &caller, &secret, &id, upload_id)?;
+    let checked = check_content_file(&mut guard, &caller, &secret, &id, upload_id);
+    refusal(&guard, checked)?;
     let state = &mut *guard;
     let duration = state.job_duration;
+    let queue = if state.has(Variant::LazyTimestamps) {
+        duration / 2
+    } else {
+        std::time::Duration::ZERO
+    };
     let app = state.apps.get_mut(&secret).expect("checked above");
     let version = find_version(&mut app.versions, &id, &secret)?;
     let outcome = super::config::rule_for(&state.outcomes, &secret, &version.label).processing;
@@ -547,6 +590,14 @@ async fn content_file(
         ProcessingOutcome::JobFailure { status, message } => Some((*status, message.clone())),
         _ => None,
     };
+    let previous = match &version.processing {
+        Processing::Done {
+            started_wall,
+            finished_wall,
+            ..
+        } => (Some(*started_wall), Some(*finished_wall)),
+        _ => (None, None),
+    };
     version.upload_id = Some(upload_id);
     version.content = None;
     if matches!(version.publish, Publish::Refused) {
@@ -556,6 +607,8 @@ async fn content_file(
         guid: guid.clone(),
         started,
         started_wall,
+        queue,
+        previous,
         analysis,
         outcome,
     };
@@ -566,6 +619,7 @@ async fn content_file(
             started,
             started_wall,
             duration,
+            queue,
             failure,
         },
     );
@@ -591,6 +645,7 @@ async fn publish(
 ) -> Result<Json<Value>, ApiError> {
     let mut guard = shared.lock();
     let state = &mut *guard;
+    let swagger = state.has(Variant::SwaggerKeys);
     let rules = state.outcomes.clone();
     let app = owned_app(&mut state.apps, &caller, &secret)?;
     let version = find_version(&mut app.versions, &id, &secret)?;
@@ -652,6 +707,7 @@ async fn publish(
         Instant::now(),
         &state.jobs,
         state.publish_duration,
+        swagger,
     )))
 }
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use super::{FaultConfig, Sandbox, SandboxConfig};
+use super::{FaultConfig, Sandbox, SandboxConfig, Variant};
 
 /// Runs a PatchKit sandbox until interrupted.
 #[derive(Debug, Clone, clap::Args)]
@@ -55,6 +55,14 @@ pub struct SandboxArgs {
     /// Latency added to every API request.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "0s")]
     pub latency: Duration,
+    /// Answer as PatchKit plausibly might where its documentation is silent
+    /// (repeatable). `forgetful` takes effect on `POST /_sandbox/restart`.
+    #[arg(long = "variant", value_name = "NAME", value_enum)]
+    pub variants: Vec<Variant>,
+    /// A channel app owned by the key, as CHANNEL=GROUP (repeatable); the
+    /// group app is created too. The channel takes no direct uploads.
+    #[arg(long = "channel-app", value_name = "CHANNEL=GROUP")]
+    pub channel_apps: Vec<String>,
 }
 
 /// Starts the sandbox, prints how to reach it and runs until `shutdown`.
@@ -84,6 +92,17 @@ pub async fn run(args: SandboxArgs, shutdown: CancellationToken) -> anyhow::Resu
     for app in &args.apps {
         config = config.with_app(app.clone());
     }
+    for variant in &args.variants {
+        config = config.variant(*variant);
+    }
+    let mut channels = Vec::new();
+    for spec in &args.channel_apps {
+        let (channel, group) = spec
+            .split_once('=')
+            .filter(|(c, g)| !c.is_empty() && !g.is_empty())
+            .ok_or_else(|| anyhow::anyhow!("--channel-app takes CHANNEL=GROUP, got {spec:?}"))?;
+        channels.push((channel.to_owned(), group.to_owned()));
+    }
     if let Some(dir) = &args.data_dir {
         config = config.data_dir(dir.clone());
     }
@@ -93,6 +112,9 @@ pub async fn run(args: SandboxArgs, shutdown: CancellationToken) -> anyhow::Resu
         SocketAddr::new(args.bind, args.upload_port),
     )
     .await?;
+    for (channel, group) in &channels {
+        handle.add_channel_app(&args.api_key, channel, group, false);
+    }
 
     println!("PatchKit sandbox running");
     println!("  api:    {}", handle.main_url());
@@ -100,6 +122,12 @@ pub async fn run(args: SandboxArgs, shutdown: CancellationToken) -> anyhow::Resu
     println!("  key:    {}", args.api_key);
     for app in &args.apps {
         println!("  app:    {app}");
+    }
+    for (channel, group) in &channels {
+        println!("  app:    {channel} (channel of {group}, no direct uploads)");
+    }
+    for variant in &args.variants {
+        println!("  variant: {}", variant.name());
     }
     println!("  state:  {}/_sandbox/state", handle.main_url());
     println!();

@@ -1,8 +1,8 @@
 //! What a sandbox starts with and what tests may change while it runs.
 //!
 //! Owns the plain configuration types: accounts and their apps, the durations
-//! of processing and publishing, the fault probabilities and the outcome
-//! rules. It knows nothing about HTTP or the running state; the server reads
+//! of processing and publishing, the fault probabilities, the outcome rules
+//! and the variants (answers the sources leave open). It knows nothing about HTTP or the running state; the server reads
 //! these values, it never writes them.
 
 use std::path::PathBuf;
@@ -30,6 +30,79 @@ pub struct SandboxConfig {
     pub data_dir: Option<PathBuf>,
     /// The largest chunk request body the upload listener accepts.
     pub max_chunk_bytes: usize,
+    /// The variants in force: where PatchKit's documentation and its own
+    /// tools leave an answer open, which plausible answer to give.
+    pub variants: Vec<Variant>,
+}
+
+/// A plausible answer of the real PatchKit where the sources are silent or
+/// disagree (see `shared/research/patchkit-field-notes.md`). Without any,
+/// the sandbox answers as the contract describes, with every key present.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    clap::ValueEnum,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum Variant {
+    /// Responses carry only the keys of PatchKit's 2018 Swagger file: no
+    /// `publish_time` (unless a publish is scheduled) and no
+    /// `processing_progress` on versions, `processing_messages` null when
+    /// there are none, and no `display_name`, `is_channel`,
+    /// `allow_channel_direct_publish` or `parent_group` on apps.
+    SwaggerKeys,
+    /// A processing job waits in a queue for half its duration before it
+    /// starts; until then the version keeps the previous processing's
+    /// `processing_started_at` and `processing_finished_at` (null for a
+    /// first one). Only the app's `processing_version` shows the request.
+    LazyTimestamps,
+    /// Every refusal of `content_file` (incomplete or unknown upload, a job
+    /// already running, a version that is not a draft) is a 404 with
+    /// wording of its own.
+    #[serde(rename = "content-file-404")]
+    #[value(name = "content-file-404")]
+    ContentFile404,
+    /// An unknown API key gets 403 instead of 401 on the version endpoints
+    /// (`/1/apps/{secret}/versions...`), as the Swagger's "API key invalid or
+    /// draft version already exists" allows.
+    #[serde(rename = "forbidden-403")]
+    #[value(name = "forbidden-403")]
+    Forbidden403,
+    /// [`SandboxHandle::restart`](super::SandboxHandle::restart) forgets
+    /// every draft version, upload and job, as a restore from backup would;
+    /// published and scheduled versions stay. Without this variant a restart
+    /// keeps everything.
+    Forgetful,
+}
+
+impl Variant {
+    /// Every variant, for tests that run under each.
+    pub const ALL: [Variant; 5] = [
+        Variant::SwaggerKeys,
+        Variant::LazyTimestamps,
+        Variant::ContentFile404,
+        Variant::Forbidden403,
+        Variant::Forgetful,
+    ];
+
+    /// The name `--variant` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            Variant::SwaggerKeys => "swagger-keys",
+            Variant::LazyTimestamps => "lazy-timestamps",
+            Variant::ContentFile404 => "content-file-404",
+            Variant::Forbidden403 => "forbidden-403",
+            Variant::Forgetful => "forgetful",
+        }
+    }
 }
 
 /// The default chunk body limit. PatchKit's own tools send 32 MiB chunks; four
@@ -50,7 +123,16 @@ impl SandboxConfig {
             outcomes: Vec::new(),
             data_dir: None,
             max_chunk_bytes: DEFAULT_MAX_CHUNK_BYTES,
+            variants: Vec::new(),
         }
+    }
+
+    /// Puts a variant in force (repeatable).
+    pub fn variant(mut self, variant: Variant) -> Self {
+        if !self.variants.contains(&variant) {
+            self.variants.push(variant);
+        }
+        self
     }
 
     /// Adds an app owned by the first account (the key given to `new`).

@@ -28,6 +28,7 @@ pub(crate) fn routes() -> Router<Arc<Shared>> {
             post(add_account).delete(revoke_key),
         )
         .route("/_sandbox/apps", post(add_app))
+        .route("/_sandbox/restart", post(restart))
 }
 
 async fn state(State(shared): State<Arc<Shared>>) -> Json<Snapshot> {
@@ -66,9 +67,32 @@ async fn revoke_key(State(shared): State<Arc<Shared>>, Path(key): Path<String>) 
 struct NewApp {
     owner: String,
     secret: String,
+    /// Makes it a channel app of this group app.
+    #[serde(default)]
+    channel_of: Option<String>,
+    /// For a channel: whether it takes direct uploads.
+    #[serde(default)]
+    allow_channel_direct_publish: bool,
 }
 
 async fn add_app(State(shared): State<Arc<Shared>>, Json(app): Json<NewApp>) -> StatusCode {
-    super::add_app(&mut shared.lock(), &app.owner, &app.secret);
+    let mut state = shared.lock();
+    match &app.channel_of {
+        Some(group) => super::add_channel_app(
+            &mut state,
+            &app.owner,
+            &app.secret,
+            group,
+            app.allow_channel_direct_publish,
+        ),
+        None => super::add_app(&mut state, &app.owner, &app.secret),
+    }
+    StatusCode::NO_CONTENT
+}
+
+/// `POST /_sandbox/restart`: what a restart of the service loses (all
+/// drafts, uploads and jobs with the `forgetful` variant, else nothing).
+async fn restart(State(shared): State<Arc<Shared>>) -> StatusCode {
+    shared.lock().restart();
     StatusCode::NO_CONTENT
 }

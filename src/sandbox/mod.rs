@@ -5,10 +5,11 @@
 //! refusing the other's routes), accounts and apps, versions with the
 //! one-draft rule, uploads assembled on disk, processing jobs and publishing
 //! that advance with the clock, configurable outcomes, seeded fault injection,
-//! and inspection in Rust ([`SandboxHandle::snapshot`]) and over HTTP
-//! (`/_sandbox/`). It enforces PatchKit's API v1 as the README's "The
-//! sandbox" section and ARCHITECTURE.md describe it, at least as strictly as
-//! the real service.
+//! variants for the answers the sources leave open ([`Variant`]), channel
+//! apps, a restart that may forget (the `forgetful` variant), and inspection
+//! in Rust ([`SandboxHandle::snapshot`]) and over HTTP
+//! (`/_sandbox/`). It enforces PatchKit's API v1 as ARCHITECTURE.md describes it, at
+//! least as strictly as the real service.
 //!
 //! Architecture invariant: the sandbox knows nothing about the client, the
 //! store or the daemon; it depends only on the contract.
@@ -43,7 +44,7 @@ use tokio_util::task::TaskTracker;
 
 pub use config::{
     DEFAULT_MAX_CHUNK_BYTES, FaultConfig, OutcomeRule, ProcessingOutcome, PublishOutcome,
-    SandboxConfig,
+    SandboxConfig, Variant,
 };
 pub use snapshot::{AppInfo, FaultCounts, Snapshot, UploadInfo, VersionInfo};
 
@@ -92,6 +93,7 @@ impl Sandbox {
             config.faults.clone(),
             config.outcomes.clone(),
         );
+        state.variants = config.variants.iter().copied().collect();
         for (key, apps) in &config.accounts {
             state.accounts.insert(key.clone());
             for secret in apps {
@@ -143,6 +145,18 @@ impl Sandbox {
 /// Adds an app with the defaults of `--app` (name = secret).
 fn add_app(state: &mut State, owner: &str, secret: &str) {
     state.add_app(owner, secret, secret, DEFAULT_PLATFORM);
+}
+
+/// Adds a channel app of `group` (created like `--app` if missing).
+fn add_channel_app(state: &mut State, owner: &str, secret: &str, group: &str, allow: bool) {
+    add_app(state, owner, group);
+    let group_name = state.apps[group].name.clone();
+    add_app(state, owner, secret);
+    if let Some(app) = state.apps.get_mut(secret) {
+        app.is_channel = true;
+        app.allow_channel_direct_publish = allow;
+        app.parent_group = Some((group.to_owned(), group_name));
+    }
 }
 
 /// Any path a listener does not serve, including the other listener's.
@@ -237,6 +251,32 @@ impl SandboxHandle {
     /// secret); an existing secret is left as it is.
     pub fn add_app(&self, owner_key: &str, secret: &str) {
         add_app(&mut self.shared.lock(), owner_key, secret);
+    }
+
+    /// Adds a channel app owned by `owner_key`, belonging to the group app
+    /// `group` (which must exist, or is created), that takes direct uploads
+    /// only when `allow_direct` is true.
+    pub fn add_channel_app(&self, owner_key: &str, secret: &str, group: &str, allow_direct: bool) {
+        add_channel_app(
+            &mut self.shared.lock(),
+            owner_key,
+            secret,
+            group,
+            allow_direct,
+        );
+    }
+
+    /// The variants in force.
+    pub fn variants(&self) -> Vec<Variant> {
+        self.shared.lock().variants.iter().copied().collect()
+    }
+
+    /// Restarts the service as its operators would: with the `forgetful`
+    /// variant every draft version, upload and job is forgotten (published
+    /// and scheduled versions stay); without it nothing changes. Request
+    /// counts are kept, so a test still sees every call.
+    pub fn restart(&self) {
+        self.shared.lock().restart();
     }
 
     /// Stops accepting, closes every connection and waits for the tasks.

@@ -17,7 +17,9 @@ use rand::rngs::StdRng;
 use serde_json::{Value, json};
 
 use super::archive::Analysis;
-use super::config::{FaultConfig, OutcomeRule, ProcessingOutcome, PublishOutcome, rule_for};
+use super::config::{
+    FaultConfig, OutcomeRule, ProcessingOutcome, PublishOutcome, Variant, rule_for,
+};
 use super::snapshot::{AppInfo, FaultCounts, Snapshot, UploadInfo, VersionInfo};
 
 /// What every request handler shares.
@@ -59,6 +61,8 @@ pub(crate) struct State {
     /// The one source of fault decisions, reseeded whenever faults are set.
     pub fault_rng: StdRng,
     pub stats: Stats,
+    /// The variants in force.
+    pub variants: BTreeSet<Variant>,
 }
 
 #[derive(Default)]
@@ -79,6 +83,12 @@ pub(crate) struct App {
     pub versions: Vec<Version>,
     /// Id of the version published last, 0 for none.
     pub current_version: u64,
+    /// A channel app, fed by its group app.
+    pub is_channel: bool,
+    /// A channel that also takes uploads of its own.
+    pub allow_channel_direct_publish: bool,
+    /// The group app of a channel: `(secret, name)`.
+    pub parent_group: Option<(String, String)>,
 }
 
 pub(crate) struct Version {
@@ -102,8 +112,15 @@ pub(crate) enum Processing {
     /// job's time is up.
     Running {
         guid: String,
+        /// When `content_file` was accepted.
         started: Instant,
         started_wall: SystemTime,
+        /// How long the job waits before it really starts (zero unless
+        /// the `lazy-timestamps` variant is in force).
+        queue: Duration,
+        /// The previous processing's start and end, shown until the job
+        /// starts when it waits in a queue.
+        previous: (Option<SystemTime>, Option<SystemTime>),
         analysis: Analysis,
         outcome: ProcessingOutcome,
     },
@@ -151,6 +168,8 @@ pub(crate) struct Job {
     pub started: Instant,
     pub started_wall: SystemTime,
     pub duration: Duration,
+    /// The part of `duration` spent waiting for a worker.
+    pub queue: Duration,
     /// `(status, status_message)` of a failing job.
     pub failure: Option<(i64, String)>,
 }
@@ -223,7 +242,29 @@ impl State {
             fault_rng: StdRng::seed_from_u64(faults.seed),
             faults,
             stats: Stats::default(),
+            variants: BTreeSet::new(),
         }
+    }
+
+    /// Whether a variant is in force.
+    pub fn has(&self, variant: Variant) -> bool {
+        self.variants.contains(&variant)
+    }
+
+    /// A restart of the service. With the `forgetful` variant it forgets
+    /// every draft version, upload and job, as a restore from an older
+    /// backup would (ids go on from the highest version kept, so a
+    /// forgotten id is given again); published and scheduled versions stay.
+    /// Without it nothing is lost.
+    pub fn restart(&mut self) {
+        if !self.has(Variant::Forgetful) {
+            return;
+        }
+        for app in self.apps.values_mut() {
+            app.versions.retain(|v| !v.is_draft());
+        }
+        self.uploads.clear();
+        self.jobs.clear();
     }
 
     pub fn set_faults(&mut self, faults: FaultConfig) {
@@ -242,6 +283,9 @@ impl State {
             owner: owner.to_owned(),
             versions: Vec::new(),
             current_version: 0,
+            is_channel: false,
+            allow_channel_direct_publish: false,
+            parent_group: None,
         });
         if app.id == id {
             self.next_app_id += 1;
@@ -332,16 +376,19 @@ impl State {
     /// The job JSON of `GET /1/background_jobs/{guid}`.
     pub fn job_json(&self, guid: &str, now: Instant) -> Option<Value> {
         let job = self.jobs.get(guid)?;
-        let progress = fraction(now.saturating_duration_since(job.started), job.duration);
+        let elapsed = now.saturating_duration_since(job.started);
+        let progress = fraction(elapsed, job.duration);
         let finished = progress >= 1.0;
+        let queued = elapsed < job.queue;
         let (status, message) = match (&job.failure, finished) {
             (Some((status, message)), true) => (*status, Some(message.clone())),
             (_, true) => (0, None),
+            (_, false) if queued => (0, Some("waiting for free worker...".to_owned())),
             (_, false) => (0, Some("processing".to_owned())),
         };
         Some(json!({
             "guid": job.guid,
-            "time_started": iso8601(job.started_wall),
+            "time_started": (!queued).then(|| iso8601(job.started_wall + job.queue)),
             "time_finished": finished.then(|| iso8601(job.started_wall + job.duration)),
             "progress": progress,
             "pending": !finished,
@@ -359,12 +406,14 @@ fn finish_processing(version: &mut Version, finish: Instant, secret: &str, rules
         analysis,
         outcome,
         started,
+        queue,
         ..
     } = std::mem::replace(&mut version.processing, Processing::None)
     else {
         return;
     };
     let finished_wall = started_wall + (finish - started);
+    let started_wall = started_wall + queue;
     let mut messages: Vec<(String, String)> = analysis
         .errors
         .iter()
@@ -445,29 +494,42 @@ fn publish_time(p: &Publish) -> u64 {
 impl App {
     /// The App JSON. An absent processing version shows as `false` and an
     /// absent publishing version as `null`, so a client must accept both.
-    pub fn json(&self) -> Value {
+    /// `swagger` leaves out the keys the Swagger file does not list.
+    pub fn json(&self, swagger: bool) -> Value {
         let processing = self.versions.iter().find(|v| v.is_running()).map(|v| v.id);
         let publishing = self.versions.iter().find(|v| v.is_pending()).map(|v| v.id);
-        json!({
+        let mut app = json!({
             "id": self.id,
             "secret": self.secret,
             "name": self.name,
-            "display_name": self.name,
             "platform": self.platform,
             "current_version": self.current_version,
             "processing_version": processing.map_or(json!(false), |id| json!(id)),
             "publishing_version": publishing,
-        })
+        });
+        if !swagger {
+            app["display_name"] = json!(self.name);
+            app["is_channel"] = json!(self.is_channel);
+            app["allow_channel_direct_publish"] = json!(self.allow_channel_direct_publish);
+            app["parent_group"] = match &self.parent_group {
+                Some((secret, name)) => json!({"secret": secret, "name": name}),
+                None => Value::Null,
+            };
+        }
+        app
     }
 }
 
 impl Version {
-    /// The AppVersion JSON: every key always present.
+    /// The AppVersion JSON: every key present, or with `swagger` only the
+    /// keys the Swagger file lists (plus `has_processing_error`, which
+    /// PatchKit's Ruby CLI reads, and `publish_time` while scheduled).
     pub fn json(
         &self,
         now: Instant,
         jobs: &HashMap<String, Job>,
         publish_duration: Duration,
+        swagger: bool,
     ) -> Value {
         let (started_at, finished_at, progress, has_error, messages) = match &self.processing {
             Processing::None => (None, None, 0.0, false, None),
@@ -475,11 +537,26 @@ impl Version {
                 guid,
                 started,
                 started_wall,
+                queue,
+                previous,
                 ..
             } => {
                 let duration = jobs.get(guid).map_or(Duration::ZERO, |j| j.duration);
-                let p = fraction(now.saturating_duration_since(*started), duration);
-                (Some(iso8601(*started_wall)), None, p, false, None)
+                let elapsed = now.saturating_duration_since(*started);
+                if elapsed < *queue {
+                    // Still waiting for a worker: the version shows what it
+                    // showed before the request.
+                    (
+                        previous.0.map(iso8601),
+                        previous.1.map(iso8601),
+                        0.0,
+                        false,
+                        None,
+                    )
+                } else {
+                    let p = fraction(elapsed, duration);
+                    (Some(iso8601(*started_wall + *queue)), None, p, false, None)
+                }
             }
             Processing::Done {
                 started_wall,
@@ -511,7 +588,7 @@ impl Version {
             Publish::Published { date, .. } => date,
             _ => 0,
         };
-        json!({
+        let mut version = json!({
             "id": self.id,
             "label": self.label,
             "changelog": self.changelog,
@@ -527,7 +604,14 @@ impl Version {
             "processing_progress": progress,
             "has_processing_error": has_error,
             "processing_messages": messages,
-        })
+        });
+        if swagger && let Some(map) = version.as_object_mut() {
+            map.remove("processing_progress");
+            if publish_time(&self.publish) == 0 {
+                map.remove("publish_time");
+            }
+        }
+        version
     }
 
     pub fn visible_to(&self, owner: bool) -> bool {

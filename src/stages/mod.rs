@@ -13,6 +13,7 @@
 //! workers, scheduling or the watcher.
 
 mod create_version;
+pub mod draft;
 mod process;
 mod publish;
 mod upload;
@@ -24,7 +25,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{ExistingDraft, Rule};
 use crate::observe::Observer;
-use crate::patchkit::{ApiError, Client, UploadError};
+pub use create_version::channel_reason;
+
+use crate::patchkit::{ApiError, Client, Endpoint, ErrorKind, MissingKey, UploadError};
 use crate::state::{BuildState, FileIdentity, Stage};
 use crate::store::{Build, Store, StoreError};
 
@@ -125,9 +128,23 @@ pub async fn step(ctx: &StageCtx, build: &Build) -> Result<Build, StepError> {
     if ctx.cancel.is_cancelled() {
         return Err(StepError::Cancelled);
     }
+    match run_stage(ctx, build).await {
+        // A 403 means different things (a wrong key on some servers, a key
+        // of another account, a refused action): PatchKit is asked which.
+        Err(StepError::Api(e)) if e.kind() == ErrorKind::Forbidden => {
+            Err(explain_forbidden(ctx, build, build.state.stage(), e).await)
+        }
+        other => other,
+    }
+}
+
+/// Runs the stage of the build's current state.
+async fn run_stage(ctx: &StageCtx, build: &Build) -> Result<Build, StepError> {
     match &build.state {
         BuildState::Queued => validate::run(ctx, build).await,
-        BuildState::Validated => create_version::run(ctx, build).await,
+        BuildState::Validated | BuildState::CreatingVersion { .. } => {
+            create_version::run(ctx, build).await
+        }
         BuildState::VersionReady { .. } | BuildState::Uploading { .. } => {
             upload::run(ctx, build).await
         }
@@ -161,6 +178,61 @@ async fn advance(
     let build = ctx.store.transition(build.id, &build.state, next).await?;
     ctx.observer.state_changed(&build);
     Ok(build)
+}
+
+/// A response that lacks a key the step's decision needs: the step is
+/// retried later (the policy treats it as transient), naming the key and the
+/// endpoint, rather than deciding on a guessed value or failing the build.
+fn missing(endpoint: Endpoint, key: MissingKey) -> StepError {
+    StepError::Api(ApiError::new(
+        endpoint,
+        ErrorKind::Transient { retry_after: None },
+        format!("{key}; trying again later"),
+    ))
+}
+
+/// Turns a 403 on one of the app's endpoints into what it means, found by
+/// asking PatchKit rather than by reading the message: a key PatchKit does
+/// not accept at all (some servers answer 403 instead of 401 on version
+/// endpoints) pauses every build like a 401; a valid key of an account that
+/// does not own the app, or an owner's key that is still refused, fails the
+/// build saying which.
+async fn explain_forbidden(
+    ctx: &StageCtx,
+    build: &Build,
+    stage: Stage,
+    err: ApiError,
+) -> StepError {
+    let secret = &build.app_secret;
+    match ctx.client.list_apps().await {
+        Err(e) if e.kind() == ErrorKind::Unauthorized || e.is_transient() => StepError::Api(e),
+        Ok(apps) if !apps.iter().any(|a| a.secret == *secret) => StepError::fail(
+            stage,
+            format!(
+                "{err}: the API key works, but app {secret} is not one of its account's apps. \
+                 Use the API key of the account that owns the app, or correct app_secret in \
+                 rule {:?}",
+                ctx.rule_name
+            ),
+        ),
+        Ok(_) => StepError::fail(
+            stage,
+            format!(
+                "{err}: the API key works and its account owns app {secret}, so neither the \
+                 key nor the secret is wrong; PatchKit refused this step (the account may lack \
+                 API access for the app, a plan setting, or the version changed in the panel). \
+                 Check the app in the PatchKit panel, then run `patchkit-autopublish retry {}`",
+                build.id
+            ),
+        ),
+        Err(other) => StepError::fail(
+            stage,
+            format!(
+                "{err}, and listing the API key's apps to find out why failed too ({other}); \
+                 check that the key belongs to the account that owns app {secret}"
+            ),
+        ),
+    }
 }
 
 /// Sleeps for `delay` unless cancelled first.

@@ -3,13 +3,16 @@
 //!
 //! Publishing is not a job: the version is polled. The version is read
 //! before `publish` is sent, so after a crash a publish already under way,
-//! done or scheduled is recognised and never sent twice.
+//! done or scheduled is recognised and never sent twice. A version PatchKit
+//! no longer has (404) sends the build back to create-version; a refused
+//! `publish` is looked up on the version, not read from its message.
 
-use crate::patchkit::PublishState;
+use crate::patchkit::{Endpoint, ErrorKind, PublishState};
 use crate::state::{BuildState, Stage};
 use crate::store::Build;
 
-use super::{PollBackoff, StageCtx, StepError, advance};
+use super::upload::lose_version;
+use super::{PollBackoff, StageCtx, StepError, advance, missing};
 
 /// After `publish` was accepted, a version that shows no sign of publishing
 /// this many polls in a row was refused. A few polls allow for a server
@@ -43,12 +46,19 @@ async fn follow(ctx: &StageCtx, build: &Build) -> Result<Build, StepError> {
     let mut backoff = PollBackoff::new(ctx.poll_interval);
     let mut sent = false;
     let mut quiet = 0;
+    let mut refused: Option<crate::patchkit::ApiError> = None;
     loop {
-        let version = ctx
-            .client
-            .get_version(&build.app_secret, version_id)
-            .await?;
-        match version.publish_state() {
+        let version = match ctx.client.get_version(&build.app_secret, version_id).await {
+            Ok(v) => v,
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                return lose_version(ctx, build, version_id).await;
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let state = version
+            .publish_state()
+            .map_err(|m| missing(Endpoint::GetVersion, m))?;
+        match state {
             PublishState::Published => {
                 let at = u64::try_from(version.publish_date).unwrap_or(0);
                 return advance(ctx, build, build.state.published(at)).await;
@@ -67,13 +77,30 @@ async fn follow(ctx: &StageCtx, build: &Build) -> Result<Build, StepError> {
                 tracing::debug!(build = %build.id, progress, "publishing");
             }
             PublishState::NotPublished if !sent => {
-                ctx.client.publish(&build.app_secret, version_id).await?;
+                match ctx.client.publish(&build.app_secret, version_id).await {
+                    Ok(()) => {}
+                    // Refused: the next read of the version says whether it
+                    // is gone, under way after all, or really refused.
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            ErrorKind::BadRequest | ErrorKind::NotFound | ErrorKind::Forbidden
+                        ) =>
+                    {
+                        tracing::warn!(build = %build.id, error = %e, "publish refused; reading the version");
+                        refused = Some(e);
+                    }
+                    Err(e) => return Err(e.into()),
+                }
                 crate::crashpoint::hit("after-publish");
                 tracing::debug!(build = %build.id, version = version_id, "publish requested");
                 sent = true;
             }
             PublishState::NotPublished => {
                 quiet += 1;
+                if let Some(e) = refused.take() {
+                    return Err(e.into());
+                }
                 if quiet >= QUIET_POLLS_BEFORE_REFUSED {
                     return Err(StepError::fail(
                         Stage::Publish,

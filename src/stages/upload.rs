@@ -7,16 +7,24 @@
 //! file gets a fresh upload once it has settled, so no upload ever mixes
 //! two versions of a file. A chunk whose acknowledgement was lost is sent
 //! again: same bytes, same range, harmless.
+//!
+//! PatchKit may forget a version or an upload (a draft deleted in the panel,
+//! a restore from backup). A recorded version that is gone or no longer
+//! this build's draft sends the build back to create-version; an upload
+//! that is gone (404 on a chunk) is started afresh once the version is known
+//! to be still there.
 
 use std::num::NonZeroU64;
 use std::time::{Duration, Instant};
 
 use crate::archive;
-use crate::patchkit::{AckSink, BoxError, ErrorKind, UploadError, UploadId, UploadRequest};
+use crate::patchkit::{
+    AckSink, BoxError, Endpoint, ErrorKind, UploadError, UploadId, UploadRequest,
+};
 use crate::state::{BuildState, FileIdentity, Stage};
 use crate::store::Build;
 
-use super::{StageCtx, StepError, advance, follow_changed_file, identity_now};
+use super::{StageCtx, StepError, advance, follow_changed_file, identity_now, missing};
 
 /// Upload progress is logged at most this often, so a 20 GiB upload writes
 /// a few hundred lines, not thousands.
@@ -33,15 +41,12 @@ pub(super) async fn run(ctx: &StageCtx, build: &Build) -> Result<Build, StepErro
     }
 }
 
-/// Checks the version is still this build's draft, then opens an upload.
+/// Checks the app still takes uploads and the version is still this
+/// build's draft, then opens an upload.
 async fn start(ctx: &StageCtx, build: &Build, version_id: u64) -> Result<Build, StepError> {
-    match ctx.client.get_version(&build.app_secret, version_id).await {
-        Ok(v) if v.draft && !v.published && v.publish_time == 0 && v.label == build.label => {}
-        Ok(_) => return lose_version(ctx, build, version_id).await,
-        Err(e) if e.kind() == ErrorKind::NotFound => {
-            return lose_version(ctx, build, version_id).await;
-        }
-        Err(e) => return Err(e.into()),
+    super::create_version::check_app(ctx, build, Stage::Upload).await?;
+    if !version_is_ours(ctx, build, version_id).await? {
+        return lose_version(ctx, build, version_id).await;
     }
     let mut identity = identity_now(build, Stage::Upload).await?;
     if !identity.same_content(&build.identity) {
@@ -51,7 +56,28 @@ async fn start(ctx: &StageCtx, build: &Build, version_id: u64) -> Result<Build, 
     open_upload(ctx, build, identity).await
 }
 
-async fn lose_version(ctx: &StageCtx, build: &Build, version_id: u64) -> Result<Build, StepError> {
+/// Whether the recorded version is still there, an open draft and
+/// labelled for this build. A 404 means PatchKit no longer has it.
+pub(super) async fn version_is_ours(
+    ctx: &StageCtx,
+    build: &Build,
+    version_id: u64,
+) -> Result<bool, StepError> {
+    match ctx.client.get_version(&build.app_secret, version_id).await {
+        Ok(v) => Ok(v
+            .is_open_draft()
+            .map_err(|m| missing(Endpoint::GetVersion, m))?
+            && v.label == build.label),
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+pub(super) async fn lose_version(
+    ctx: &StageCtx,
+    build: &Build,
+    version_id: u64,
+) -> Result<Build, StepError> {
     tracing::warn!(
         build = %build.id, version = version_id,
         "the recorded version is no longer this build's draft; finding or creating one again"
@@ -130,7 +156,13 @@ async fn send(ctx: &StageCtx, build: &Build) -> Result<Build, StepError> {
     match result {
         Ok(()) => {}
         Err(UploadError::Api(e)) if e.kind() == ErrorKind::NotFound => {
-            // PatchKit forgot the upload (expired or never known): start over.
+            // PatchKit forgot the upload (expired, or PatchKit's state was
+            // restored): it may have forgotten the version too, and then
+            // the upload would be for nothing.
+            let version_id = latest.state.version_id().unwrap_or_default();
+            if !version_is_ours(ctx, &latest, version_id).await? {
+                return lose_version(ctx, &latest, version_id).await;
+            }
             tracing::warn!(build = %build.id, error = %e, "the upload is gone; starting a new one");
             return open_upload(ctx, &latest, identity.clone()).await;
         }

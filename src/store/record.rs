@@ -10,6 +10,13 @@
 //! Changing the format means adding `BuildRecordV2`, converting V1 to V2 in
 //! `decode_build`, bumping `CURRENT_VERSION`, and keeping the V1 fixtures
 //! under `tests/fixtures/store/` with their test.
+//!
+//! Version 2 only adds to version 1: the `creating_version` state (the
+//! intent to create a draft, recorded before the request) and
+//! `prior_finished_at` on `processing`. Both versions share these structs; a
+//! record is written with the lowest version that can hold it, so a record
+//! an older binary can read keeps `"v":1` and one it cannot read says `2`
+//! (an older binary then names the schema instead of calling it corrupt).
 
 use std::path::PathBuf;
 
@@ -20,7 +27,7 @@ use super::build::{Build, BuildId};
 use crate::state::{BuildState, FileIdentity, Stage};
 
 /// The record schema version this binary writes and the newest it reads.
-pub const CURRENT_VERSION: u64 = 1;
+pub const CURRENT_VERSION: u64 = 2;
 
 /// Encodes a build as its current stored form.
 ///
@@ -37,7 +44,7 @@ pub fn encode_build(build: &Build) -> Result<Vec<u8>, StoreError> {
 /// record in errors.
 pub fn decode_build(key: &str, bytes: &[u8]) -> Result<Build, StoreError> {
     match read_version(key, bytes)? {
-        1 => {
+        1 | 2 => {
             let record: BuildRecordV1 =
                 serde_json::from_slice(bytes).map_err(|e| corrupt(key, e))?;
             Ok(Build::from(record))
@@ -69,11 +76,12 @@ fn corrupt(key: &str, e: serde_json::Error) -> StoreError {
     }
 }
 
-/// Version 1 of a stored build. Field order is the JSON order.
+/// Versions 1 and 2 of a stored build (see the module doc). Field order is
+/// the JSON order.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BuildRecordV1 {
-    /// Always 1.
+    /// 1, or 2 when the state needs it.
     pub v: u64,
     /// The build id (also the key; kept here so a dump is self-describing).
     pub id: u64,
@@ -148,6 +156,10 @@ pub enum StageV1 {
 pub enum StateV1 {
     Queued,
     Validated,
+    /// Version 2.
+    CreatingVersion {
+        after_id: u64,
+    },
     VersionReady {
         version_id: u64,
     },
@@ -170,6 +182,9 @@ pub enum StateV1 {
         /// Added after the first fixtures; absent means `None`.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         prior_started_at: Option<String>,
+        /// Version 2; absent means `None`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        prior_finished_at: Option<String>,
     },
     Processed {
         version_id: u64,
@@ -208,7 +223,7 @@ pub enum StateV1 {
 impl From<&Build> for BuildRecordV1 {
     fn from(b: &Build) -> BuildRecordV1 {
         BuildRecordV1 {
-            v: 1,
+            v: schema_of(&b.state),
             id: b.id.0,
             rule: b.rule.clone(),
             app_secret: b.app_secret.clone(),
@@ -224,6 +239,18 @@ impl From<&Build> for BuildRecordV1 {
             next_attempt_at_ms: b.next_attempt_at,
             last_error: b.last_error.clone(),
         }
+    }
+}
+
+/// The lowest record version that can hold `state`.
+fn schema_of(state: &BuildState) -> u64 {
+    match state {
+        BuildState::CreatingVersion { .. }
+        | BuildState::Processing {
+            prior_finished_at: Some(_),
+            ..
+        } => 2,
+        _ => 1,
     }
 }
 
@@ -309,6 +336,7 @@ impl From<&BuildState> for StateV1 {
         match s.clone() {
             BuildState::Queued => StateV1::Queued,
             BuildState::Validated => StateV1::Validated,
+            BuildState::CreatingVersion { after_id } => StateV1::CreatingVersion { after_id },
             BuildState::VersionReady { version_id } => StateV1::VersionReady { version_id },
             BuildState::Uploading {
                 version_id,
@@ -337,11 +365,13 @@ impl From<&BuildState> for StateV1 {
                 upload_id,
                 job_guid,
                 prior_started_at,
+                prior_finished_at,
             } => StateV1::Processing {
                 version_id,
                 upload_id,
                 job_guid,
                 prior_started_at,
+                prior_finished_at,
             },
             BuildState::Processed {
                 version_id,
@@ -406,6 +436,7 @@ impl From<StateV1> for BuildState {
         match s {
             StateV1::Queued => BuildState::Queued,
             StateV1::Validated => BuildState::Validated,
+            StateV1::CreatingVersion { after_id } => BuildState::CreatingVersion { after_id },
             StateV1::VersionReady { version_id } => BuildState::VersionReady { version_id },
             StateV1::Uploading {
                 version_id,
@@ -434,11 +465,13 @@ impl From<StateV1> for BuildState {
                 upload_id,
                 job_guid,
                 prior_started_at,
+                prior_finished_at,
             } => BuildState::Processing {
                 version_id,
                 upload_id,
                 job_guid,
                 prior_started_at,
+                prior_finished_at,
             },
             StateV1::Processed {
                 version_id,
@@ -495,5 +528,103 @@ impl From<StateV1> for BuildState {
                 version_id,
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::build::{Build, BuildId};
+
+    fn fixture(name: &str) -> Vec<u8> {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/store")
+            .join(name);
+        let mut bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        if bytes.last() == Some(&b'\n') {
+            bytes.pop();
+        }
+        bytes
+    }
+
+    fn build(state: BuildState) -> Build {
+        let identity = FileIdentity {
+            path: PathBuf::from("/srv/builds/win/Game-1.5.0-win64.zip"),
+            size: 52_428_800,
+            mtime_ns: 1_764_000_000_000_000_001,
+            inode: 42,
+        };
+        Build {
+            id: BuildId(9),
+            rule: "windows".into(),
+            app_secret: "f1e2d3c4b5a6".into(),
+            file: identity.path.clone(),
+            identity,
+            label: "1.5.0".into(),
+            changelog: None,
+            publish: true,
+            enqueued_at: 1_764_000_100_000,
+            updated_at: 1_764_000_100_500,
+            state,
+            attempts: 0,
+            next_attempt_at: None,
+            last_error: None,
+        }
+    }
+
+    fn v2_fixtures() -> Vec<(&'static str, Build)> {
+        vec![
+            (
+                "v2_creating_version.json",
+                build(BuildState::CreatingVersion { after_id: 11 }),
+            ),
+            (
+                "v2_processing.json",
+                build(BuildState::Processing {
+                    version_id: 12,
+                    upload_id: 40,
+                    job_guid: None,
+                    prior_started_at: Some("2026-11-30T10:00:00.000Z".into()),
+                    prior_finished_at: Some("2026-11-30T10:02:00.000Z".into()),
+                }),
+            ),
+        ]
+    }
+
+    #[test]
+    fn v2_fixtures_decode_and_encode_exactly() {
+        for (name, expected) in v2_fixtures() {
+            let bytes = fixture(name);
+            assert_eq!(decode_build(name, &bytes).unwrap(), expected, "{name}");
+            assert_eq!(
+                String::from_utf8(encode_build(&expected).unwrap()).unwrap(),
+                String::from_utf8(bytes).unwrap(),
+                "{name}: the stored format changed; a change needs a new schema version"
+            );
+        }
+    }
+
+    #[test]
+    fn records_a_v1_binary_can_read_stay_v1() {
+        let plain = build(BuildState::Validated);
+        let bytes = encode_build(&plain).unwrap();
+        assert!(bytes.starts_with(b"{\"v\":1,"));
+        let processing = build(BuildState::Processing {
+            version_id: 1,
+            upload_id: 2,
+            job_guid: None,
+            prior_started_at: None,
+            prior_finished_at: None,
+        });
+        assert!(encode_build(&processing).unwrap().starts_with(b"{\"v\":1,"));
+    }
+
+    #[test]
+    fn a_newer_schema_is_refused_by_name() {
+        let bytes = br#"{"v":3}"#;
+        assert!(matches!(
+            decode_build("k", bytes),
+            Err(StoreError::UnsupportedSchema { version: 3, .. })
+        ));
     }
 }
