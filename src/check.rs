@@ -292,7 +292,7 @@ fn load_key(config: &Config, place: &KeyPlace, report: &mut Report) -> Option<(A
             credential_mode(&path, report);
             Some((key, origin))
         }
-        Err(KeyError::Unreadable { source, .. }) => {
+        Err(KeyError::Unreadable { cause: source, .. }) => {
             let why = if source.kind() == std::io::ErrorKind::PermissionDenied {
                 "; systemd reads credentials as root, so run this check as root"
             } else {

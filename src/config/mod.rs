@@ -12,6 +12,7 @@
 //! This module knows TOML and the schema; it knows nothing about HTTP, sled
 //! or notify.
 
+mod key;
 mod problems;
 mod raw;
 mod rule;
@@ -26,6 +27,7 @@ use reqwest::Url;
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
+pub use key::{KeyError, KeyOrigin, KeySource, load_credential};
 pub use problems::{ConfigError, Problem};
 use problems::{Problems, deserialize_all};
 use raw::{RawDaemon, RawNotify, RawPatchkit, RawRule};
@@ -127,56 +129,6 @@ pub struct PatchkitSettings {
     pub retry_give_up: Option<Duration>,
 }
 
-/// Where the API key comes from. A systemd credential named
-/// [`CREDENTIAL_NAME`] takes precedence over both when present.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum KeySource {
-    /// An environment variable, by name.
-    Env(String),
-    /// A file holding the key (surrounding white space is ignored).
-    File(PathBuf),
-}
-
-/// Where a loaded key came from, for logs and `check`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum KeyOrigin {
-    Credential(PathBuf),
-    Env(String),
-    File(PathBuf),
-}
-
-impl std::fmt::Display for KeyOrigin {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            KeyOrigin::Credential(p) => write!(f, "systemd credential {}", p.display()),
-            KeyOrigin::Env(name) => write!(f, "environment variable {name}"),
-            KeyOrigin::File(p) => write!(f, "file {}", p.display()),
-        }
-    }
-}
-
-/// Why the API key could not be read.
-#[derive(Debug, thiserror::Error)]
-pub enum KeyError {
-    #[error(
-        "the API key environment variable {name} is not set or is empty; set it, or name a key \
-         file with api_key_file in [patchkit], or provide the systemd credential {CREDENTIAL_NAME}"
-    )]
-    EnvMissing { name: String },
-    #[error(
-        "cannot read the API key from {}: {source}; check that the file exists and is readable \
-         by the daemon's user",
-        path.display()
-    )]
-    Unreadable {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("the API key file {} is empty; write the key from your PatchKit account page into it", path.display())]
-    Empty { path: PathBuf },
-}
-
 impl PatchkitSettings {
     /// The client options these settings describe, with `key`.
     pub fn client_options(&self, key: ApiKey) -> ClientOptions {
@@ -191,55 +143,6 @@ impl PatchkitSettings {
         };
         opts
     }
-
-    /// Reads the API key from the process environment.
-    pub fn load_key(&self) -> Result<(ApiKey, KeyOrigin), KeyError> {
-        self.load_key_with(|name| std::env::var(name).ok())
-    }
-
-    /// Reads the API key, looking variables up through `env` (tests pass
-    /// their own). Order: the systemd credential in `$CREDENTIALS_DIRECTORY`
-    /// when present, then the configured source.
-    pub fn load_key_with(
-        &self,
-        env: impl Fn(&str) -> Option<String>,
-    ) -> Result<(ApiKey, KeyOrigin), KeyError> {
-        if let Some(dir) = env("CREDENTIALS_DIRECTORY").filter(|d| !d.is_empty()) {
-            let path = Path::new(&dir).join(CREDENTIAL_NAME);
-            if path.exists() {
-                let key = read_key_file(&path)?;
-                return Ok((key, KeyOrigin::Credential(path)));
-            }
-        }
-        match &self.key_source {
-            KeySource::Env(name) => env(name)
-                .and_then(ApiKey::new)
-                .map(|key| (key, KeyOrigin::Env(name.clone())))
-                .ok_or_else(|| KeyError::EnvMissing { name: name.clone() }),
-            KeySource::File(path) => {
-                let key = read_key_file(path)?;
-                Ok((key, KeyOrigin::File(path.clone())))
-            }
-        }
-    }
-}
-
-/// Reads the API key from a systemd credential's source file: the bytes
-/// systemd copies into `$CREDENTIALS_DIRECTORY`, read the same way the
-/// daemon reads them there. For `check --as-service`.
-pub fn load_credential(path: &Path) -> Result<(ApiKey, KeyOrigin), KeyError> {
-    let key = read_key_file(path)?;
-    Ok((key, KeyOrigin::Credential(path.to_owned())))
-}
-
-fn read_key_file(path: &Path) -> Result<ApiKey, KeyError> {
-    let text = std::fs::read_to_string(path).map_err(|source| KeyError::Unreadable {
-        path: path.to_owned(),
-        source,
-    })?;
-    ApiKey::new(text).ok_or_else(|| KeyError::Empty {
-        path: path.to_owned(),
-    })
 }
 
 /// `[daemon]`: state, concurrency and timing.
