@@ -185,9 +185,11 @@ pub async fn run(
     cancel: CancellationToken,
 ) -> Result<(), DaemonError> {
     let state_dir = config.daemon.state_dir.clone();
-    let store = tokio::task::spawn_blocking(move || Store::open(&state_dir))
-        .await
-        .expect("the store open task does not panic")?;
+    let store = tokio::task::spawn_blocking(move || {
+        Store::open_with(&state_dir, &crate::store::OpenOptions::daemon())
+    })
+    .await
+    .expect("the store open task does not panic")?;
     let (key, key_origin) = config.patchkit.load_key()?;
     tracing::info!(origin = %key_origin, "API key read");
     let client = Client::new(config.patchkit.client_options(key.clone()))?;
@@ -263,7 +265,18 @@ pub async fn run(
     );
 
     let mut result = Ok(());
+    // Crash-only store failures: a state directory deleted or replaced, or a
+    // store that keeps refusing writes, ends the daemon with an error at once
+    // (running builds are stopped, nothing else is done); systemd restarts it
+    // on a fresh store handle and the builds resume from their records.
+    let mut store_check = tokio::time::interval(crate::store::HEALTH_CHECK);
     loop {
+        if let Err(err) = daemon.store.check_still_ours() {
+            for running in daemon.running.values() {
+                running.cancel.cancel();
+            }
+            return Err(err.into());
+        }
         // With --once there is nobody to fix the key while we wait.
         if opts.once && daemon.key_paused_until.is_some() && daemon.running.is_empty() {
             result = Err(DaemonError::KeyRefused);
@@ -302,6 +315,7 @@ pub async fn run(
             Some(cmd) = recv(&mut socket_rx) => Event::Command(cmd),
             Some(reload) = recv(&mut reloads) => Event::Reload(Box::new(reload)),
             Some(ev) = recv(&mut watch_rx) => Event::Watch(ev),
+            _ = store_check.tick() => Event::Tick,
             _ = sleep_for(sleep) => Event::Tick,
         };
         match event {

@@ -27,6 +27,7 @@ pub mod notify;
 pub mod observe;
 pub mod patchkit;
 pub mod policy;
+pub mod recover;
 pub mod rules;
 pub mod sandbox;
 pub mod stages;
