@@ -293,7 +293,8 @@ fn failure(error: String) -> Response {
 /// would only hang a monitoring script.
 pub const ASK_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Asks a running daemon; `Ok(None)` when none listens on the socket. Fails
+/// Asks a running daemon; `Ok(None)` when none listens on the socket or the
+/// daemon closed the connection without answering (it is stopping). Fails
 /// with `TimedOut` when the daemon does not answer within [`ASK_TIMEOUT`].
 pub async fn ask(state_dir: &Path, request: &Request) -> std::io::Result<Option<Response>> {
     ask_within(state_dir, request, ASK_TIMEOUT).await
@@ -307,6 +308,18 @@ pub async fn ask_within(
 ) -> std::io::Result<Option<Response>> {
     let path = socket_path(state_dir);
     match tokio::time::timeout(limit, exchange(&path, request)).await {
+        // A daemon that closes the connection without answering is stopping:
+        // it is not there to answer, and its lock goes with it.
+        Ok(Err(e))
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::BrokenPipe
+                    | std::io::ErrorKind::UnexpectedEof
+            ) =>
+        {
+            Ok(None)
+        }
         Ok(answer) => answer,
         Err(_) => Err(std::io::Error::new(
             std::io::ErrorKind::TimedOut,

@@ -599,10 +599,10 @@ async fn store_with_history(dir: &Path) -> Vec<Build> {
         let path = format!("/b/{i}.zip");
         let build = enqueue_new(&store, new_build("app", &path, 1)).await;
         let upload = identity(&path, 25, 1);
-        let mut steps: Vec<&dyn Fn(&BuildState) -> BuildState> = vec![
-            &|s| s.validated().unwrap(),
-            &|s| s.version_ready(12).unwrap(),
-        ];
+        let mut steps: Vec<&dyn Fn(&BuildState) -> BuildState> =
+            vec![&|s| s.validated().unwrap(), &|s| {
+                s.version_ready(12).unwrap()
+            }];
         let start = move |s: &BuildState| s.upload_started(34, 25, 10, upload.clone()).unwrap();
         steps.push(&start);
         steps.push(&|s| s.chunk_acknowledged(10).unwrap());
@@ -648,7 +648,10 @@ fn assert_refused_as_damaged(dir: &Path, how: &str) -> String {
         "{how}: {msg}"
     );
     assert!(msg.contains("store recover"), "{how}: {msg}");
-    assert!(msg.contains("state directory from a backup"), "{how}: {msg}");
+    assert!(
+        msg.contains("state directory from a backup"),
+        "{how}: {msg}"
+    );
     assert!(!msg.contains("database error"), "{how}: {msg}");
     msg
 }
@@ -716,7 +719,10 @@ async fn a_deleted_database_is_refused() {
     assert!(msg.contains("so nothing was sent"), "{msg}");
     // Refused again: the refusal wrote nothing that would let a second
     // start through.
-    assert!(matches!(open_err(dir.path()), StoreError::RolledBack { .. }));
+    assert!(matches!(
+        open_err(dir.path()),
+        StoreError::RolledBack { .. }
+    ));
 }
 
 #[tokio::test]

@@ -364,6 +364,33 @@ struct Inner {
     _lock: File,
 }
 
+impl Inner {
+    /// See [`Store::check_still_ours`].
+    fn check_still_ours(&self) -> Result<(), StoreError> {
+        if let Some(cause) = self.broken.get() {
+            return Err(StoreError::Broken {
+                dir: self.dir.clone(),
+                cause: cause.clone(),
+            });
+        }
+        let lock = self.dir.join("lock");
+        let why = match std::fs::metadata(&lock) {
+            Ok(m) if (m.dev(), m.ino()) == self.lock_id => return Ok(()),
+            Ok(_) => format!("{} is another file now", lock.display()),
+            Err(e) => format!("{}: {e}", lock.display()),
+        };
+        // Nothing more is written through this handle: whatever is at the
+        // path now belongs to someone else.
+        let _ = self
+            .broken
+            .set(format!("the state directory is gone ({why})"));
+        Err(StoreError::Gone {
+            dir: self.dir.clone(),
+            why,
+        })
+    }
+}
+
 impl Drop for Inner {
     fn drop(&mut self) {
         // sled flushes in the background every 500 ms; a last explicit flush
@@ -623,28 +650,7 @@ impl Store {
     /// the same device and inode). A daemon calls it at least every
     /// [`HEALTH_CHECK`] and exits on an error.
     pub fn check_still_ours(&self) -> Result<(), StoreError> {
-        let inner = &self.inner;
-        if let Some(cause) = inner.broken.get() {
-            return Err(StoreError::Broken {
-                dir: inner.dir.clone(),
-                cause: cause.clone(),
-            });
-        }
-        let lock = inner.dir.join("lock");
-        let why = match std::fs::metadata(&lock) {
-            Ok(m) if (m.dev(), m.ino()) == inner.lock_id => return Ok(()),
-            Ok(_) => format!("{} is another file now", lock.display()),
-            Err(e) => format!("{}: {e}", lock.display()),
-        };
-        // Nothing more is written through this handle: whatever is at the
-        // path now belongs to someone else.
-        let _ = inner
-            .broken
-            .set(format!("the state directory is gone ({why})"));
-        Err(StoreError::Gone {
-            dir: inner.dir.clone(),
-            why,
-        })
+        self.inner.check_still_ours()
     }
 
     /// Runs a write (`op` returns its result and the progress it committed),
@@ -668,6 +674,7 @@ impl Store {
             let error = match op() {
                 Ok((value, progress)) => match self.commit(progress).await {
                     Ok(()) => return Ok(value),
+                    Err(e @ StoreError::Gone { .. }) => return Err(e),
                     Err(e) => e,
                 },
                 Err(e) if is_write_failure(&e) => e,
@@ -721,6 +728,9 @@ impl Store {
             if progress.writes <= written.writes {
                 return Ok(());
             }
+            // sled writes through its open files, the watermark by path: if
+            // the directory was replaced, the path is someone else's store.
+            inner.check_still_ours()?;
             watermark::write(&inner.dir, progress).map_err(|source| StoreError::Io {
                 path: watermark::path(&inner.dir),
                 source,
