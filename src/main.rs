@@ -166,11 +166,7 @@ async fn control(args: BuildArg, what: Control) -> ExitCode {
             build: args.build.to_string(),
         },
     };
-    let holder = match what {
-        Control::Retry => "retry",
-        Control::Cancel => "cancel",
-    };
-    let store = match reach(&dir, &request, holder).await {
+    let store = match reach(&dir, &request).await {
         Ok(Reached::Daemon(response)) => {
             return match (response.ok, response.builds.first()) {
                 (true, Some(row)) => {
@@ -215,21 +211,16 @@ enum Reached {
 /// Asks the running daemon, or opens the store when none runs. A store
 /// locked by a daemon whose socket is not up yet is asked again until the
 /// socket answers.
-async fn reach(
-    dir: &std::path::Path,
-    request: &Request,
-    holder: &'static str,
-) -> anyhow::Result<Reached> {
+async fn reach(dir: &std::path::Path, request: &Request) -> anyhow::Result<Reached> {
     let deadline = std::time::Instant::now() + STARTING_DAEMON_WAIT;
     loop {
         if let Some(response) = control::ask(dir, request).await? {
             return Ok(Reached::Daemon(response));
         }
         let path = dir.to_path_buf();
-        let opened = tokio::task::spawn_blocking(move || {
-            Store::open_with(path, &OpenOptions::command(holder))
-        })
-        .await?;
+        let opened =
+            tokio::task::spawn_blocking(move || Store::open_with(path, &OpenOptions::default()))
+                .await?;
         match opened {
             Ok(store) => return Ok(Reached::Store(store)),
             Err(StoreError::Locked { .. }) if std::time::Instant::now() < deadline => {
@@ -254,7 +245,7 @@ async fn status(args: StatusArgs) -> ExitCode {
         // Nothing ever ran here: no builds, and nothing to create.
         Vec::new()
     } else {
-        match reach(&dir, &request, "status").await {
+        match reach(&dir, &request).await {
             Ok(Reached::Daemon(response)) if response.ok => response.builds,
             Ok(Reached::Daemon(response)) => {
                 return fail(

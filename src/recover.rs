@@ -152,7 +152,7 @@ async fn open(dir: &std::path::Path, accept_rollback: bool) -> Result<Store, Sto
     let dir = dir.to_path_buf();
     let options = OpenOptions {
         accept_rollback,
-        ..OpenOptions::command("store recover")
+        ..OpenOptions::default()
     };
     tokio::task::spawn_blocking(move || Store::open_with(dir, &options))
         .await

@@ -756,3 +756,54 @@ fn copy_dir(from: &Path, to: &Path) {
         }
     }
 }
+
+#[tokio::test]
+async fn a_daemon_open_waits_for_a_short_holder_of_the_lock() {
+    let dir = tempfile::tempdir().unwrap();
+    let held = Store::open(dir.path()).unwrap();
+    let path = dir.path().to_owned();
+    let waiter = std::thread::spawn(move || {
+        Store::open_with(&path, &patchkit_autopublish::store::OpenOptions::daemon())
+    });
+    // `status` holds the store for a moment, then lets go.
+    std::thread::sleep(Duration::from_millis(300));
+    drop(held);
+    let opened = waiter.join().unwrap();
+    assert!(opened.is_ok(), "{:?}", opened.err());
+}
+
+#[tokio::test]
+async fn a_store_whose_directory_is_deleted_or_replaced_takes_no_more_writes() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("state");
+    let store = reopen(&dir);
+    store.check_still_ours().unwrap();
+    enqueue_new(&store, new_build("app", "/b/a.zip", 1)).await;
+
+    // Replaced: the path holds a copy, so the lock file is another inode.
+    copy_dir(&dir, &root.path().join("copy"));
+    std::fs::rename(&dir, root.path().join("old")).unwrap();
+    std::fs::rename(root.path().join("copy"), &dir).unwrap();
+    let err = store.check_still_ours().unwrap_err();
+    assert!(matches!(err, StoreError::Gone { .. }), "{err:?}");
+    assert!(err.to_string().contains("is another file now"), "{err}");
+    let watermark = std::fs::read(dir.join("store.watermark")).unwrap();
+    assert!(
+        store
+            .enqueue(new_build("app", "/b/b.zip", 1))
+            .await
+            .is_err()
+    );
+    // Nothing reached the directory now at the path.
+    assert_eq!(
+        std::fs::read(dir.join("store.watermark")).unwrap(),
+        watermark
+    );
+
+    // Deleted.
+    let dir = root.path().join("state2");
+    let store = reopen(&dir);
+    std::fs::remove_dir_all(&dir).unwrap();
+    let err = store.check_still_ours().unwrap_err();
+    assert!(err.to_string().contains("was deleted or replaced"), "{err}");
+}

@@ -12,7 +12,9 @@
 //!   the side effect that depends on a state only after `transition` returned.
 //! - **One process.** A state directory is used by one process at a time,
 //!   enforced by an exclusive lock on `state_dir/lock` (and sled's own lock on
-//!   its files). A second [`Store::open`] fails with [`StoreError::Locked`].
+//!   its files). A second [`Store::open`] fails with [`StoreError::Locked`];
+//!   the daemon's open ([`OpenOptions::daemon`]) first waits a few seconds,
+//!   as `status`, `retry` and `cancel` hold the lock for milliseconds.
 //! - **A file is enqueued once.** The identity index is written in the same
 //!   transaction as the record and is never pruned.
 //!
@@ -52,9 +54,9 @@
 //! microseconds and are fine on an async thread; a cold page can mean one
 //! disk read. The calls that wait for the disk (`enqueue`, `transition`,
 //! `record_attempt`, `clear_attempts`, `next_seq`, `prune_finished`, `flush`)
-//! are `async` and wait on sled's flush future. [`Store::open`] blocks (it
-//! reads the whole log); call it before the runtime gets busy or from
-//! `spawn_blocking`.
+//! are `async` and wait on sled's flush future, then write the watermark on
+//! a blocking thread. [`Store::open`] blocks (it reads the whole log, and the
+//! daemon's open may wait for the lock); call it from `spawn_blocking`.
 //!
 //! # Recovery on open
 //! Nothing is rewritten on open. Every state is either a fact recorded after
@@ -65,7 +67,8 @@
 //! the version whether processing started; `Publishing` asks the version
 //! whether it is published. Rewriting any of these on load would lose the
 //! information the stage needs, so `open` only checks the schema version and
-//! logs what is unfinished. Reading the unfinished builds decodes every
+//! the progress counters against the watermark (see Integrity), and logs
+//! what is unfinished. Reading the unfinished builds decodes every
 //! record, so a record written by a newer release stops the open with
 //! [`StoreError::UnsupportedSchema`] instead of being skipped.
 
@@ -273,12 +276,10 @@ pub enum StoreError {
     },
 }
 
-/// How [`Store::open_with`] opens a store.
-#[derive(Debug, Clone)]
+/// How [`Store::open_with`] opens a store. The default waits for nothing
+/// and refuses a damaged store.
+#[derive(Debug, Clone, Default)]
 pub struct OpenOptions {
-    /// The command holding the lock, as a second process names it
-    /// (`run`, `status`, ...).
-    pub holder: &'static str,
     /// How long to wait for a lock held by another process.
     pub lock_wait: Duration,
     /// Open a store that is behind its watermark (for `store recover`).
@@ -290,25 +291,9 @@ impl OpenOptions {
     /// holds the lock.
     pub fn daemon() -> OpenOptions {
         OpenOptions {
-            holder: "run",
             lock_wait: DAEMON_LOCK_WAIT,
             accept_rollback: false,
         }
-    }
-
-    /// For a short CLI command: does not wait.
-    pub fn command(holder: &'static str) -> OpenOptions {
-        OpenOptions {
-            holder,
-            lock_wait: Duration::ZERO,
-            accept_rollback: false,
-        }
-    }
-}
-
-impl Default for OpenOptions {
-    fn default() -> OpenOptions {
-        OpenOptions::command("patchkit-autopublish")
     }
 }
 
@@ -1232,8 +1217,7 @@ fn write_progress(
 }
 
 /// Takes the exclusive lock on `dir/lock`, waiting up to
-/// `options.lock_wait` for another holder, and writes our pid and command
-/// into it.
+/// `options.lock_wait` for another holder, and writes our pid into it.
 fn take_lock(dir: &Path, options: &OpenOptions) -> Result<File, StoreError> {
     let path = dir.join("lock");
     let io = |source| StoreError::Io {
@@ -1284,16 +1268,24 @@ fn take_lock(dir: &Path, options: &OpenOptions) -> Result<File, StoreError> {
     }
     file.set_len(0).map_err(io)?;
     file.rewind().map_err(io)?;
-    writeln!(file, "{} {}", std::process::id(), options.holder).map_err(io)?;
+    writeln!(file, "{}", std::process::id()).map_err(io)?;
     Ok(file)
 }
 
-/// `pid 42 (status)` from a lock file's `42 status`; older releases wrote
-/// the pid alone.
+/// `pid 42 (status)` from a lock file holding `42`: the command comes from
+/// the holder's command line where `/proc` shows it.
 fn describe_holder(text: &str) -> Option<String> {
-    let mut words = text.split_whitespace();
-    let pid: u32 = words.next()?.parse().ok()?;
-    Some(match words.next() {
+    let pid: u32 = text.trim().parse().ok()?;
+    let command = std::fs::read(format!("/proc/{pid}/cmdline"))
+        .ok()
+        .and_then(|raw| {
+            let args: Vec<String> = raw
+                .split(|b| *b == 0)
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect();
+            args.get(1).filter(|a| !a.starts_with('-')).cloned()
+        });
+    Some(match command {
         Some(command) => format!("pid {pid} ({command})"),
         None => format!("pid {pid}"),
     })
