@@ -131,6 +131,31 @@ async fn a_damaged_store_is_refused_before_anything_is_sent() {
     s.assert_published_in_order("app-0", &[&a, &b]);
     // The recovered files stay where they are for the operator.
     assert!(a.path.exists() && b.path.exists());
+
+    // A truncated store keeps what it still holds; what it lost or rolled
+    // back is marked failed, and nothing goes to PatchKit again.
+    std::fs::remove_dir_all(s.state_dir()).unwrap();
+    copy_dir(&good, &s.state_dir());
+    cases[1].1(&data);
+    let out = s.run_cli(&["store", "recover"]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(out.stdout.contains("damage found"), "{}", out.stdout);
+    let daemon = s.spawn(false, None);
+    until_running(&s).await;
+    daemon.stop().await;
+    assert_eq!(s.snapshot().total(harness::PUBLISH), 2, "{}", s.logs());
+    assert_eq!(
+        s.snapshot().total(harness::CREATE_VERSION),
+        2,
+        "{}",
+        s.logs()
+    );
+    for row in s.status_rows() {
+        assert!(
+            row["state"] == "published" || row["state"] == "failed",
+            "{row:#}"
+        );
+    }
 }
 
 /// Waits for a child daemon's exit code, failing after [`LIMIT`].
