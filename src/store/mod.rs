@@ -639,57 +639,71 @@ impl Store {
     }
 
     /// Runs a write (`op` returns its result and the progress it committed),
-    /// flushes it and records the progress in the watermark. A failing write
-    /// is tried again after each of [`WRITE_RETRIES`]; after the last the
-    /// store is marked broken. Logical errors (conflict, not found, ...) are
-    /// returned at once.
+    /// flushes it and records the progress in the watermark. A failing step
+    /// is tried again after each of [`WRITE_RETRIES`] (the write itself until
+    /// it is applied, then only the flush, so it is never applied twice);
+    /// after the last the store is marked broken. Logical errors (conflict,
+    /// not found, ...) are returned at once.
     async fn write<T>(
         &self,
         op: impl Fn() -> Result<(T, Option<Progress>), StoreError>,
     ) -> Result<T, StoreError> {
-        let inner = &self.inner;
         let mut pauses = WRITE_RETRIES.iter();
-        loop {
-            if let Some(cause) = inner.broken.get() {
-                return Err(StoreError::Broken {
-                    dir: inner.dir.clone(),
-                    cause: cause.clone(),
-                });
-            }
-            let error = match op() {
-                Ok((value, progress)) => match self.commit(progress).await {
-                    Ok(()) => return Ok(value),
-                    Err(e @ StoreError::Gone { .. }) => return Err(e),
-                    Err(e) => e,
-                },
-                Err(e) if is_write_failure(&e) => e,
+        let (value, progress) = loop {
+            self.check_not_broken()?;
+            match op() {
+                Ok(applied) => break applied,
+                Err(e) if is_write_failure(&e) => self.pause_or_break(&mut pauses, e).await?,
                 Err(e) => return Err(e),
-            };
-            match pauses.next() {
-                Some(pause) => {
-                    tracing::warn!(
-                        dir = %inner.dir.display(),
-                        "the build store could not be written: {error}; trying again in {}",
-                        humantime::format_duration(*pause)
-                    );
-                    tokio::time::sleep(*pause).await;
-                }
-                None => {
-                    let cause = match &error {
-                        StoreError::Sled { source, .. } => source.to_string(),
-                        StoreError::Io { path, source } => {
-                            format!("{}: {source}", path.display())
-                        }
-                        other => other.to_string(),
-                    };
-                    let _ = inner.broken.set(cause.clone());
-                    return Err(StoreError::Broken {
-                        dir: inner.dir.clone(),
-                        cause,
-                    });
-                }
+            }
+        };
+        loop {
+            self.check_not_broken()?;
+            match self.commit(progress).await {
+                Ok(()) => return Ok(value),
+                Err(e @ StoreError::Gone { .. }) => return Err(e),
+                Err(e) => self.pause_or_break(&mut pauses, e).await?,
             }
         }
+    }
+
+    fn check_not_broken(&self) -> Result<(), StoreError> {
+        match self.inner.broken.get() {
+            Some(cause) => Err(StoreError::Broken {
+                dir: self.inner.dir.clone(),
+                cause: cause.clone(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Waits the next pause after a failed write, or marks the store broken
+    /// when there is none left.
+    async fn pause_or_break(
+        &self,
+        pauses: &mut std::slice::Iter<'_, Duration>,
+        error: StoreError,
+    ) -> Result<(), StoreError> {
+        let dir = &self.inner.dir;
+        let cause = match &error {
+            StoreError::Sled { source, .. } => source.to_string(),
+            StoreError::Io { path, source } => format!("{}: {source}", path.display()),
+            other => other.to_string(),
+        };
+        if let Some(pause) = pauses.next() {
+            tracing::warn!(
+                "the build store in {} could not be written ({cause}); trying again in {}",
+                dir.display(),
+                humantime::format_duration(*pause)
+            );
+            tokio::time::sleep(*pause).await;
+            return Ok(());
+        }
+        let _ = self.inner.broken.set(cause.clone());
+        Err(StoreError::Broken {
+            dir: dir.clone(),
+            cause,
+        })
     }
 
     /// Flushes, then writes `progress` to the watermark if it is ahead of
