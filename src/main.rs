@@ -224,7 +224,7 @@ async fn reach(dir: &std::path::Path, request: &Request) -> anyhow::Result<Reach
         match opened {
             Ok(store) => return Ok(Reached::Store(store)),
             Err(StoreError::Locked { .. }) if std::time::Instant::now() < deadline => {
-                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             }
             Err(err) => return Err(err.into()),
         }

@@ -33,8 +33,11 @@
 //!   as the write they count.
 //!
 //! # Integrity
-//! Every write bumps the progress counters in its own transaction; after its
-//! flush the counters go to `state_dir/store.watermark` (see `watermark`).
+//! Every write bumps the progress counters in its own transaction; after the
+//! flush of an enqueue, a change of state, an identity claim, a `{seq}`
+//! number or a prune, the counters go to `state_dir/store.watermark` (see
+//! `watermark`). Chunk acknowledgements and attempt bookkeeping only bump the
+//! counters: their loss is caught by the stages, which ask PatchKit.
 //! On open, a store whose counters are below the watermark's lost writes and
 //! is refused ([`StoreError::RolledBack`]) before anything is sent, so a
 //! published file is never published again because sled's files were
@@ -147,17 +150,18 @@ pub enum StoreError {
     },
     /// sled could not open its files.
     #[error(
-        "cannot open the build store {}: {source}. If the disk is fine (space, permissions, \
+        "cannot open the build store {}: {}. If the disk is fine (space, permissions, \
          kernel log), the store is damaged: run `{RECOVER_COMMAND}`, or restore the whole state \
          directory from a backup",
-        db.display()
+        db.display(),
+        sled_text(error)
     )]
     Unreadable {
         /// The sled directory.
         db: PathBuf,
-        /// What sled said.
-        #[source]
-        source: sled::Error,
+        /// What sled said (in the message, not a separate cause, so the
+        /// advice comes last).
+        error: sled::Error,
     },
     /// The store holds less than its watermark says it wrote: records were
     /// lost or rolled back while the daemon was stopped.
@@ -263,17 +267,26 @@ pub enum StoreError {
     },
     /// sled failed.
     #[error(
-        "the build store in {} failed: {source}; check the disk under it (space, permissions, \
+        "the build store in {} failed: {}; check the disk under it (space, permissions, \
          kernel log)",
-        dir.display()
+        dir.display(),
+        sled_text(error)
     )]
     Sled {
         /// The state directory.
         dir: PathBuf,
-        /// What sled said.
-        #[source]
-        source: sled::Error,
+        /// What sled said (in the message, so the advice comes last).
+        error: sled::Error,
     },
+}
+
+/// sled's error in words: its corruption error prints internals
+/// ("at file offset None backtrace ()") that tell an operator nothing.
+fn sled_text(error: &sled::Error) -> String {
+    match error {
+        sled::Error::Corruption { .. } => "sled found corrupted data in its files".into(),
+        other => other.to_string(),
+    }
 }
 
 /// How [`Store::open_with`] opens a store. The default waits for nothing
@@ -441,14 +454,14 @@ impl Store {
                 } else {
                     StoreError::Unreadable {
                         db: db_path.clone(),
-                        source: e,
+                        error: e,
                     }
                 }
             })?;
         let tree = |name: &str| {
-            db.open_tree(name).map_err(|source| StoreError::Unreadable {
+            db.open_tree(name).map_err(|error| StoreError::Unreadable {
                 db: db_path.clone(),
-                source,
+                error,
             })
         };
         let store = Store {
@@ -477,10 +490,10 @@ impl Store {
     }
 
     /// A sled error, naming the store.
-    fn sled(&self, source: sled::Error) -> StoreError {
+    fn sled(&self, error: sled::Error) -> StoreError {
         StoreError::Sled {
             dir: self.inner.dir.clone(),
-            source,
+            error,
         }
     }
 
@@ -686,7 +699,7 @@ impl Store {
     ) -> Result<(), StoreError> {
         let dir = &self.inner.dir;
         let cause = match &error {
-            StoreError::Sled { source, .. } => source.to_string(),
+            StoreError::Sled { error, .. } => sled_text(error),
             StoreError::Io { path, source } => format!("{}: {source}", path.display()),
             other => other.to_string(),
         };
@@ -919,10 +932,14 @@ impl Store {
                         progress.published += 1;
                     }
                     write_progress(meta, &progress)?;
-                    Ok((build, progress))
+                    // The watermark costs two fsyncs; a chunk acknowledged or
+                    // an attempt counted is re-checked with PatchKit on
+                    // resume, so only a change of state needs it.
+                    let moved = build.state.name() != current.state.name();
+                    Ok((build, moved.then_some(progress)))
                 });
                 match result {
-                    Ok((build, progress)) => Ok((build, Some(progress))),
+                    Ok((build, progress)) => Ok((build, progress)),
                     Err(TransactionError::Abort(e)) => Err(e),
                     Err(TransactionError::Storage(e)) => Err(self.sled(e)),
                 }
