@@ -354,6 +354,9 @@ struct Inner {
     lock_id: (u64, u64),
     /// Set when writes kept failing: no write is tried after it.
     broken: OnceLock<String>,
+    /// Set when the state directory was found deleted or replaced: no write
+    /// is tried after it either.
+    gone: OnceLock<String>,
     /// The highest progress written to the watermark; the mutex also keeps
     /// two writers of the file apart.
     watermark: Mutex<Progress>,
@@ -365,6 +368,12 @@ struct Inner {
 impl Inner {
     /// See [`Store::check_still_ours`].
     fn check_still_ours(&self) -> Result<(), StoreError> {
+        if let Some(why) = self.gone.get() {
+            return Err(StoreError::Gone {
+                dir: self.dir.clone(),
+                why: why.clone(),
+            });
+        }
         if let Some(cause) = self.broken.get() {
             return Err(StoreError::Broken {
                 dir: self.dir.clone(),
@@ -379,9 +388,7 @@ impl Inner {
         };
         // Nothing more is written through this handle: whatever is at the
         // path now belongs to someone else.
-        let _ = self
-            .broken
-            .set(format!("the state directory is gone ({why})"));
+        let _ = self.gone.set(why.clone());
         Err(StoreError::Gone {
             dir: self.dir.clone(),
             why,
@@ -474,6 +481,7 @@ impl Store {
                 dir,
                 lock_id,
                 broken: OnceLock::new(),
+                gone: OnceLock::new(),
                 watermark: Mutex::new(Progress::default()),
                 _lock: lock,
             }),
@@ -681,6 +689,12 @@ impl Store {
     }
 
     fn check_not_broken(&self) -> Result<(), StoreError> {
+        if let Some(why) = self.inner.gone.get() {
+            return Err(StoreError::Gone {
+                dir: self.inner.dir.clone(),
+                why: why.clone(),
+            });
+        }
         match self.inner.broken.get() {
             Some(cause) => Err(StoreError::Broken {
                 dir: self.inner.dir.clone(),
