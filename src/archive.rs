@@ -7,6 +7,12 @@
 //! milliseconds) and names the file, the entry and the method of every
 //! refusal, with what to do about it.
 //!
+//! Entry names are checked by this module's own rules ([`check_entry_name`]),
+//! not by the zip crate's `enclosed_name`, which quietly strips a leading
+//! `/` or `C:\` instead of refusing it: an entry that an extractor could
+//! write outside the install folder, or that names a different file on
+//! Windows than on Linux, is refused by name.
+//!
 //! It knows ZIP and files; nothing about rules, the store or the API.
 
 use std::fs::File;
@@ -23,6 +29,49 @@ pub struct ArchiveSummary {
     pub entries: usize,
     /// Sum of the entries' uncompressed sizes.
     pub uncompressed_size: u64,
+    /// Things that do not stop the build but may trouble PatchKit, one
+    /// sentence each, naming the entry (e.g. names outside printable ASCII).
+    pub warnings: Vec<String>,
+}
+
+/// Why an entry name is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NameProblem {
+    /// The name is empty.
+    Empty,
+    /// The name starts with `/` or `\`: an absolute (or UNC) path.
+    Absolute,
+    /// The name starts with a drive letter (`C:\`, `C:/`, `C:evil`).
+    DriveLetter,
+    /// The name uses `\` as a separator, which Linux and macOS extractors
+    /// keep as part of a file name.
+    Backslash,
+    /// A component of the name is `..`.
+    ParentComponent,
+    /// The name holds a control character (below 0x20, or 0x7F).
+    ControlCharacter,
+}
+
+impl std::fmt::Display for NameProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            NameProblem::Empty => "has an empty name",
+            NameProblem::Absolute => {
+                "has an absolute path that would land outside the install folder"
+            }
+            NameProblem::DriveLetter => {
+                "starts with a drive letter that would land outside the install folder"
+            }
+            NameProblem::Backslash => {
+                "uses backslashes as folder separators, which are part of the file name on \
+                 Linux and macOS (ZIP paths use forward slashes)"
+            }
+            NameProblem::ParentComponent => {
+                "has a parent-relative (..) path that would land outside the install folder"
+            }
+            NameProblem::ControlCharacter => "has a control character in its name",
+        })
+    }
 }
 
 /// Why a file is not a build PatchKit can take.
@@ -67,11 +116,16 @@ pub enum ArchiveError {
         method: u16,
     },
     #[error(
-        "{}: entry {entry:?} has an absolute or parent-relative path that would land outside \
-         the install folder; re-zip the build from its root folder",
+        "{}: entry {entry:?} {problem}; re-zip the build from its root folder with a tool \
+         that writes relative paths with forward slashes (e.g. `zip -r`, 7-Zip, or \
+         PowerShell 7's Compress-Archive)",
         path.display()
     )]
-    UnsafeEntryName { path: PathBuf, entry: String },
+    UnsafeEntryName {
+        path: PathBuf,
+        entry: String,
+        problem: NameProblem,
+    },
 }
 
 /// A readable name for a ZIP compression method number.
@@ -100,6 +154,38 @@ fn method_number(method: CompressionMethod) -> u16 {
     // the error message needs the number of *any* method, known or not.
     #[allow(deprecated)]
     method.to_u16()
+}
+
+/// Checks an entry name, as its raw bytes from the central directory, by
+/// rules that hold on every platform an installer may extract to. Names are
+/// judged as written, never after stripping a prefix.
+pub fn check_entry_name(raw: &[u8]) -> Result<(), NameProblem> {
+    if raw.is_empty() {
+        return Err(NameProblem::Empty);
+    }
+    if raw.iter().any(|b| *b < 0x20 || *b == 0x7f) {
+        return Err(NameProblem::ControlCharacter);
+    }
+    if raw[0] == b'/' || raw[0] == b'\\' {
+        return Err(NameProblem::Absolute);
+    }
+    if raw.len() >= 2 && raw[0].is_ascii_alphabetic() && raw[1] == b':' {
+        return Err(NameProblem::DriveLetter);
+    }
+    if raw.contains(&b'\\') {
+        return Err(NameProblem::Backslash);
+    }
+    if raw.split(|b| *b == b'/').any(|part| part == b"..") {
+        return Err(NameProblem::ParentComponent);
+    }
+    Ok(())
+}
+
+/// Whether an entry name is printable ASCII only. PatchKit's upload widget
+/// refuses other names; what the server does with them is not documented,
+/// so they are a warning, not a refusal.
+fn is_printable_ascii(name: &str) -> bool {
+    name.bytes().all(|b| (0x20..0x7f).contains(&b))
 }
 
 /// Checks that `path` is a ZIP PatchKit can take: readable, not truncated,
@@ -150,6 +236,7 @@ pub fn validate(path: &Path) -> Result<ArchiveSummary, ArchiveError> {
         });
     }
     let mut uncompressed_size = 0u64;
+    let mut warnings = Vec::new();
     for index in 0..archive.len() {
         let entry = archive
             .by_index_data(index)
@@ -172,16 +259,35 @@ pub fn validate(path: &Path) -> Result<ArchiveSummary, ArchiveError> {
                 method,
             });
         }
-        if entry.enclosed_name().is_none() {
+        // The raw bytes are what an extractor sees; the decoded name (UTF-8
+        // when the entry's flag says so, CP437 otherwise) is checked too, as
+        // a decoder may turn bytes into characters the rules refuse.
+        let decoded = entry
+            .name()
+            .map(|n| n.into_owned())
+            .unwrap_or_else(|_| String::from_utf8_lossy(entry.name_raw()).into_owned());
+        if let Err(problem) =
+            check_entry_name(entry.name_raw()).and_then(|()| check_entry_name(decoded.as_bytes()))
+        {
             return Err(ArchiveError::UnsafeEntryName {
                 path: path.to_owned(),
                 entry: name,
+                problem,
             });
+        }
+        if !is_printable_ascii(&decoded) || !entry.name_raw().is_ascii() {
+            warnings.push(format!(
+                "{}: entry {decoded:?} has characters outside printable ASCII; PatchKit's \
+                 upload widget refuses such names and its processing may too: if the version \
+                 fails or installs wrongly, rename the file in the build",
+                path.display()
+            ));
         }
         uncompressed_size = uncompressed_size.saturating_add(entry.size());
     }
     Ok(ArchiveSummary {
         entries: archive.len(),
         uncompressed_size,
+        warnings,
     })
 }

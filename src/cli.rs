@@ -70,6 +70,23 @@ pub enum Command {
     /// `man COMMAND` prints the page of that command, named
     /// patchkit-autopublish-COMMAND(1). The Debian package installs them all.
     Man(ManArgs),
+    /// Look after the build store (the daemon must be stopped).
+    #[command(subcommand)]
+    Store(StoreCommand),
+}
+
+/// `store` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum StoreCommand {
+    /// Make a store that was refused as damaged usable again, without
+    /// publishing anything twice.
+    ///
+    /// Keeps every record the store still holds (an unreadable database is
+    /// moved aside as db.damaged-TIME), marks its unfinished builds and every
+    /// file in the rule folders it does not know as failed, and leaves those
+    /// files in place. Check them on PatchKit and `retry` the ones that are
+    /// not published. Does nothing to a store that is not damaged.
+    Recover(ConfigArg),
 }
 
 /// Options of `check`.

@@ -359,10 +359,54 @@ fn failure(error: String) -> Response {
     }
 }
 
-/// Asks a running daemon; `Ok(None)` when none listens on the socket.
+/// How long the CLI waits for the daemon's answer. A healthy daemon answers
+/// from memory and its store in milliseconds; one that has not answered in
+/// this long is stopped (SIGSTOP), wedged or swapping, and waiting longer
+/// would only hang a monitoring script.
+pub const ASK_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Asks a running daemon; `Ok(None)` when none listens on the socket or the
+/// daemon closed the connection without answering (it is stopping). Fails
+/// with `TimedOut` when the daemon does not answer within [`ASK_TIMEOUT`].
 pub async fn ask(state_dir: &Path, request: &Request) -> std::io::Result<Option<Response>> {
+    ask_within(state_dir, request, ASK_TIMEOUT).await
+}
+
+/// [`ask`] with another time limit.
+pub async fn ask_within(
+    state_dir: &Path,
+    request: &Request,
+    limit: Duration,
+) -> std::io::Result<Option<Response>> {
     let path = socket_path(state_dir);
-    let stream = match UnixStream::connect(&path).await {
+    match tokio::time::timeout(limit, exchange(&path, request)).await {
+        // A daemon that closes the connection without answering is stopping:
+        // it is not there to answer, and its lock goes with it.
+        Ok(Err(e))
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::BrokenPipe
+                    | std::io::ErrorKind::UnexpectedEof
+            ) =>
+        {
+            Ok(None)
+        }
+        Ok(answer) => answer,
+        Err(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!(
+                "the daemon did not answer on {} within {}; it may be stopped or stuck: \
+                 look at its log, or restart it (`systemctl restart patchkit-autopublish`)",
+                path.display(),
+                humantime::format_duration(limit)
+            ),
+        )),
+    }
+}
+
+async fn exchange(path: &Path, request: &Request) -> std::io::Result<Option<Response>> {
+    let stream = match UnixStream::connect(path).await {
         Ok(s) => s,
         Err(e)
             if matches!(

@@ -142,9 +142,11 @@ pub async fn run(
     cancel: CancellationToken,
 ) -> Result<(), DaemonError> {
     let state_dir = config.daemon.state_dir.clone();
-    let store = tokio::task::spawn_blocking(move || Store::open(&state_dir))
-        .await
-        .expect("the store open task does not panic")?;
+    let store = tokio::task::spawn_blocking(move || {
+        Store::open_with(&state_dir, &crate::store::OpenOptions::daemon())
+    })
+    .await
+    .expect("the store open task does not panic")?;
     let (key, key_origin) = config.patchkit.load_key()?;
     tracing::info!(origin = %key_origin, "API key read");
     let client = Client::new(config.patchkit.client_options(key.clone()))?;
@@ -238,8 +240,19 @@ pub async fn run(
 
     let actions = daemon.core.handle(now_ms(), loaded);
     daemon.carry_out(actions).await;
+    // Crash-only store failures: a state directory deleted or replaced, or a
+    // store that keeps refusing writes, ends the daemon with an error at once
+    // (running builds are stopped, nothing else is done); systemd restarts it
+    // on a fresh store handle and the builds resume from their records.
+    let mut store_check = tokio::time::interval(crate::store::HEALTH_CHECK);
     let mut watch_open = true;
     while daemon.exit.is_none() {
+        if let Err(err) = daemon.store.check_still_ours() {
+            for stop in daemon.workers.values() {
+                stop.cancel();
+            }
+            return Err(err.into());
+        }
         let mut wake = daemon.check_stuck(daemon.core.next_wake());
         systemd.status(daemon.status_line());
         // Progress moves without events: refresh the status line while
@@ -268,6 +281,7 @@ pub async fn run(
                     Event::Tick
                 }
             },
+            _ = store_check.tick() => Event::Tick,
             _ = sleep_for(sleep) => Event::Tick,
         };
         let inputs = match event {
@@ -459,10 +473,13 @@ impl Daemon {
                 _ => WorkerEnded::Finished,
             },
             WorkerEnd::StoreFailed(_, err) => {
+                // A store that keeps failing is broken: the loop's health
+                // check ends the daemon next. Otherwise the build waits a
+                // minute and runs again from its last record.
                 tracing::error!(
                     build = %id,
                     "the build store could not be written: {err}; the build is kept as last \
-                     recorded and tried again in a minute. Check the disk under {}",
+                     recorded. Check the disk under {}",
                     self.store.dir().display()
                 );
                 match self.store.get(id) {

@@ -35,6 +35,7 @@ pub mod metrics;
 pub mod observe;
 pub mod patchkit;
 pub mod policy;
+pub mod recover;
 pub mod sandbox;
 pub mod scheduler;
 pub mod service_unit;

@@ -8,13 +8,15 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 use tokio_util::sync::CancellationToken;
 
 use patchkit_autopublish::check::KeyPlace;
-use patchkit_autopublish::cli::{BuildArg, CheckArgs, Cli, Command, ManArgs, RunArgs, StatusArgs};
+use patchkit_autopublish::cli::{
+    BuildArg, CheckArgs, Cli, Command, ManArgs, RunArgs, StatusArgs, StoreCommand,
+};
 use patchkit_autopublish::config::{Config, ConfigError};
 use patchkit_autopublish::control::{self, BuildRow, Request};
 use patchkit_autopublish::daemon::{self, RunOptions};
 use patchkit_autopublish::logging;
 use patchkit_autopublish::sandbox;
-use patchkit_autopublish::store::Store;
+use patchkit_autopublish::store::{OpenOptions, Store, StoreError};
 use signal_hook::consts::SIGHUP;
 use tokio::sync::mpsc;
 
@@ -54,6 +56,7 @@ async fn dispatch(cli: Cli) -> ExitCode {
         Command::Check(args) => check(args).await,
         Command::Completions(args) => completions(args.shell),
         Command::Man(args) => man(args),
+        Command::Store(StoreCommand::Recover(args)) => recover(&args.config).await,
         Command::Demo(args) => {
             let shutdown = match signals(None) {
                 Ok(token) => token,
@@ -156,6 +159,23 @@ fn man(args: ManArgs) -> ExitCode {
     }
 }
 
+/// `store recover`: see `patchkit_autopublish::recover`.
+async fn recover(path: &std::path::Path) -> ExitCode {
+    let config = match Config::load(path) {
+        Ok(config) => config,
+        Err(err) => return fail(EXIT_USAGE, &anyhow::Error::new(err)),
+    };
+    match patchkit_autopublish::recover::recover(&config).await {
+        Ok(report) => {
+            for line in report.lines() {
+                println!("{line}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(err) => fail(EXIT_FAILURE, &anyhow::Error::new(err)),
+    }
+}
+
 async fn run(args: RunArgs) -> ExitCode {
     let path = args.config.config;
     let config = match Config::load(&path) {
@@ -209,8 +229,8 @@ async fn control(args: BuildArg, what: Control) -> ExitCode {
             build: args.build.to_string(),
         },
     };
-    match control::ask(&dir, &request).await {
-        Ok(Some(response)) => {
+    let store = match reach(&dir, &request).await {
+        Ok(Reached::Daemon(response)) => {
             return match (response.ok, response.builds.first()) {
                 (true, Some(row)) => {
                     println!("build {}: {}", row.id, row.detail);
@@ -222,11 +242,7 @@ async fn control(args: BuildArg, what: Control) -> ExitCode {
                 ),
             };
         }
-        Ok(None) => {}
-        Err(err) => return fail(EXIT_FAILURE, &anyhow::Error::new(err)),
-    }
-    let store = match open_store(dir).await {
-        Ok(store) => store,
+        Ok(Reached::Store(store)) => store,
         Err(err) => return fail(EXIT_FAILURE, &err),
     };
     let result = match what {
@@ -242,8 +258,40 @@ async fn control(args: BuildArg, what: Control) -> ExitCode {
     }
 }
 
-async fn open_store(dir: std::path::PathBuf) -> anyhow::Result<Store> {
-    Ok(tokio::task::spawn_blocking(move || Store::open(dir)).await??)
+/// How long `status`, `retry` and `cancel` wait for a store locked by a
+/// daemon that is starting: its socket answers once it is up, within seconds.
+const STARTING_DAEMON_WAIT: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// Who answers a CLI command.
+enum Reached {
+    /// The running daemon, over its socket.
+    Daemon(control::Response),
+    /// No daemon runs: the store itself, held for the command's few
+    /// milliseconds (a daemon starting meanwhile waits for it).
+    Store(Store),
+}
+
+/// Asks the running daemon, or opens the store when none runs. A store
+/// locked by a daemon whose socket is not up yet is asked again until the
+/// socket answers.
+async fn reach(dir: &std::path::Path, request: &Request) -> anyhow::Result<Reached> {
+    let deadline = std::time::Instant::now() + STARTING_DAEMON_WAIT;
+    loop {
+        if let Some(response) = control::ask(dir, request).await? {
+            return Ok(Reached::Daemon(response));
+        }
+        let path = dir.to_path_buf();
+        let opened =
+            tokio::task::spawn_blocking(move || Store::open_with(path, &OpenOptions::default()))
+                .await?;
+        match opened {
+            Ok(store) => return Ok(Reached::Store(store)),
+            Err(StoreError::Locked { .. }) if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            Err(err) => return Err(err.into()),
+        }
+    }
 }
 
 /// `status`: from the daemon when it runs, from the store when not.
@@ -253,29 +301,34 @@ async fn status(args: StatusArgs) -> ExitCode {
         Err(err) => return fail(EXIT_USAGE, &anyhow::Error::new(err)),
     };
     let dir = config.daemon.state_dir.clone();
-    let rows = match control::ask(&dir, &Request::Status { all: args.all }).await {
-        Ok(Some(response)) if response.ok => response.builds,
-        Ok(Some(response)) => {
-            return fail(
-                EXIT_FAILURE,
-                &anyhow::anyhow!(response.error.unwrap_or_else(|| "no answer".into())),
-            );
-        }
-        Ok(None) => {
-            if !dir.join("db").exists() {
-                // Nothing ever ran here: no builds, and nothing to create.
-                Vec::new()
-            } else {
-                match open_store(dir).await {
-                    Ok(store) => match control::status_rows(&store, None, args.all) {
-                        Ok(rows) => rows,
-                        Err(err) => return fail(EXIT_FAILURE, &anyhow::Error::new(err)),
-                    },
-                    Err(err) => return fail(EXIT_FAILURE, &err),
+    let request = Request::Status { all: args.all };
+    let rows = if !dir.join("db").exists()
+        && control::ask(&dir, &request).await.ok().flatten().is_none()
+    {
+        // Nothing ever ran here: no builds, and nothing to create.
+        Vec::new()
+    } else {
+        match reach(&dir, &request).await {
+            Ok(Reached::Daemon(response)) if response.ok => response.builds,
+            Ok(Reached::Daemon(response)) => {
+                return fail(
+                    EXIT_FAILURE,
+                    &anyhow::anyhow!(response.error.unwrap_or_else(|| "no answer".into())),
+                );
+            }
+            Ok(Reached::Store(store)) => {
+                // Said on stderr, so `--json` output stays one JSON value.
+                eprintln!(
+                    "no daemon is running: the builds as last recorded in {}",
+                    dir.display()
+                );
+                match control::status_rows(&store, None, args.all) {
+                    Ok(rows) => rows,
+                    Err(err) => return fail(EXIT_FAILURE, &anyhow::Error::new(err)),
                 }
             }
+            Err(err) => return fail(EXIT_FAILURE, &err),
         }
-        Err(err) => return fail(EXIT_FAILURE, &anyhow::Error::new(err)),
     };
     if args.json {
         match serde_json::to_string_pretty(&rows) {

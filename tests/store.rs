@@ -245,7 +245,8 @@ async fn a_newer_schema_is_refused_with_a_clear_error() {
     // skip a build it cannot understand.
     let err = open_err(dir.path());
     assert!(
-        matches!(&err, StoreError::UnsupportedSchema { version: 3, key } if key == &format!("build {}", build.id)),
+        matches!(&err, StoreError::UnsupportedSchema { version: 3, key }
+            if key == &format!("build {} in {}", build.id, dir.path().join("db").display())),
         "{err:?}"
     );
     assert!(err.to_string().contains("schema version 3"), "{err}");
@@ -527,4 +528,283 @@ fn encoding_gives_exactly_the_v1_fixtures() {
             "{name}: the stored format changed; a change needs a new schema version"
         );
     }
+}
+
+#[tokio::test]
+async fn build_ids_are_small_and_sequential_across_reopens() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut ids = Vec::new();
+    for round in 0..3 {
+        let store = reopen(dir.path());
+        for i in 0..2 {
+            let b = enqueue_new(&store, new_build("app", &format!("/b/{round}-{i}.zip"), 1)).await;
+            ids.push(b.id.0);
+        }
+        // A file seen again takes no id.
+        let again = store
+            .enqueue(new_build("app", &format!("/b/{round}-0.zip"), 1))
+            .await
+            .unwrap();
+        assert!(matches!(again, Enqueued::Existing(_)));
+        drop(store);
+    }
+    assert_eq!(ids, vec![1, 2, 3, 4, 5, 6]);
+}
+
+#[tokio::test]
+async fn a_store_without_the_id_counter_continues_after_its_highest_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = reopen(dir.path());
+    enqueue_new(&store, new_build("app", "/b/a.zip", 1)).await;
+    drop(store);
+
+    // The store as an older release left it: sled's generated ids, one of
+    // them only in the identity index (its record was pruned), no progress
+    // counters and no watermark.
+    let db = open_raw(dir.path());
+    let builds = db.open_tree("builds").unwrap();
+    let (key, record) = builds.iter().next().unwrap().unwrap();
+    builds.remove(&key).unwrap();
+    let old = decode_build("old", &record).unwrap();
+    let moved = Build {
+        id: BuildId(2_000_001),
+        ..old
+    };
+    builds
+        .insert(moved.id.to_key(), encode_build(&moved).unwrap())
+        .unwrap();
+    let by_identity = db.open_tree("by_identity").unwrap();
+    by_identity
+        .insert(b"pruned-file", &BuildId(4_000_003).to_key()[..])
+        .unwrap();
+    let meta = db.open_tree("meta").unwrap();
+    for key in ["progress/writes", "progress/build_id", "progress/published"] {
+        meta.remove(key).unwrap();
+    }
+    db.flush().unwrap();
+    drop((builds, by_identity, meta, db));
+    std::fs::remove_file(dir.path().join("store.watermark")).unwrap();
+
+    let store = reopen(dir.path());
+    let next = enqueue_new(&store, new_build("app", "/b/b.zip", 1)).await;
+    assert_eq!(next.id, BuildId(4_000_004));
+    let after = enqueue_new(&store, new_build("app", "/b/c.zip", 1)).await;
+    assert_eq!(after.id, BuildId(4_000_005));
+}
+
+/// A store with three published builds and one in its upload, closed.
+async fn store_with_history(dir: &Path) -> Vec<Build> {
+    let store = reopen(dir);
+    let mut builds = Vec::new();
+    for i in 0..4u64 {
+        let path = format!("/b/{i}.zip");
+        let build = enqueue_new(&store, new_build("app", &path, 1)).await;
+        let upload = identity(&path, 25, 1);
+        let mut steps: Vec<&dyn Fn(&BuildState) -> BuildState> =
+            vec![&|s| s.validated().unwrap(), &|s| {
+                s.version_ready(12).unwrap()
+            }];
+        let start = move |s: &BuildState| s.upload_started(34, 25, 10, upload.clone()).unwrap();
+        steps.push(&start);
+        steps.push(&|s| s.chunk_acknowledged(10).unwrap());
+        if i < 3 {
+            steps.extend_from_slice(&[
+                &|s: &BuildState| s.chunk_acknowledged(25).unwrap(),
+                &|s: &BuildState| s.uploaded().unwrap(),
+                &|s: &BuildState| s.processing_requested(None, None).unwrap(),
+                &|s: &BuildState| s.job_started("job").unwrap(),
+                &|s: &BuildState| s.processed(Vec::new()).unwrap(),
+                &|s: &BuildState| s.publish_requested().unwrap(),
+                &|s: &BuildState| s.published(1_700_000_000).unwrap(),
+            ]);
+        }
+        builds.push(advance(&store, build, &steps).await);
+    }
+    let progress = store.progress().unwrap();
+    assert_eq!(progress.last_build_id, 4);
+    assert_eq!(progress.published, 3);
+    drop(store);
+    builds
+}
+
+/// The sled data file of a state directory.
+fn data_file(dir: &Path) -> PathBuf {
+    dir.join("db").join("db")
+}
+
+/// Asserts that opening `dir` is refused as damaged, with a message that
+/// names the store and the way out.
+fn assert_refused_as_damaged(dir: &Path, how: &str) -> String {
+    let err = open_err(dir);
+    assert!(
+        matches!(
+            err,
+            StoreError::RolledBack { .. } | StoreError::Unreadable { .. }
+        ),
+        "{how}: {err:?}"
+    );
+    let msg = err.to_string();
+    assert!(
+        msg.contains(&dir.join("db").display().to_string()),
+        "{how}: {msg}"
+    );
+    assert!(msg.contains("store recover"), "{how}: {msg}");
+    assert!(
+        msg.contains("state directory from a backup"),
+        "{how}: {msg}"
+    );
+    assert!(!msg.contains("database error"), "{how}: {msg}");
+    msg
+}
+
+#[tokio::test]
+async fn an_emptied_data_file_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    store_with_history(dir.path()).await;
+    std::fs::write(data_file(dir.path()), b"").unwrap();
+    assert_refused_as_damaged(dir.path(), "emptied");
+}
+
+#[tokio::test]
+async fn a_truncated_data_file_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    store_with_history(dir.path()).await;
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(data_file(dir.path()))
+        .unwrap();
+    let len = file.metadata().unwrap().len();
+    file.set_len(len * 2 / 3).unwrap();
+    drop(file);
+    assert_refused_as_damaged(dir.path(), "truncated");
+}
+
+#[tokio::test]
+async fn a_partly_overwritten_data_file_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    store_with_history(dir.path()).await;
+    let mut bytes = std::fs::read(data_file(dir.path())).unwrap();
+    let at = bytes.len() / 2;
+    for b in &mut bytes[at..at + 512] {
+        *b = 0xA5;
+    }
+    std::fs::write(data_file(dir.path()), bytes).unwrap();
+    assert_refused_as_damaged(dir.path(), "overwritten");
+}
+
+#[tokio::test]
+async fn garbage_in_sleds_conf_is_refused_naming_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    store_with_history(dir.path()).await;
+    std::fs::write(dir.path().join("db").join("conf"), b"\x00garbage\xff\xfe").unwrap();
+    assert_refused_as_damaged(dir.path(), "conf");
+}
+
+#[tokio::test]
+async fn a_deleted_database_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    store_with_history(dir.path()).await;
+    std::fs::remove_dir_all(dir.path().join("db")).unwrap();
+    let err = open_err(dir.path());
+    let StoreError::RolledBack {
+        found, expected, ..
+    } = &err
+    else {
+        panic!("{err:?}");
+    };
+    assert_eq!(found.last_build_id, 0);
+    assert_eq!(expected.last_build_id, 4);
+    assert_eq!(expected.published, 3);
+    let msg = err.to_string();
+    assert!(msg.contains("3 published build(s)"), "{msg}");
+    assert!(msg.contains("so nothing was sent"), "{msg}");
+    // Refused again: the refusal wrote nothing that would let a second
+    // start through.
+    assert!(matches!(
+        open_err(dir.path()),
+        StoreError::RolledBack { .. }
+    ));
+}
+
+#[tokio::test]
+async fn an_older_copy_of_the_store_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let copy = tempfile::tempdir().unwrap();
+    let store = reopen(dir.path());
+    let build = enqueue_new(&store, new_build("app", "/b/0.zip", 1)).await;
+    drop(store);
+    copy_dir(&dir.path().join("db"), &copy.path().join("db"));
+    let store = reopen(dir.path());
+    advance(&store, build, &[&|s| s.validated().unwrap()]).await;
+    drop(store);
+    std::fs::remove_dir_all(dir.path().join("db")).unwrap();
+    copy_dir(&copy.path().join("db"), &dir.path().join("db"));
+    assert!(matches!(
+        open_err(dir.path()),
+        StoreError::RolledBack { .. }
+    ));
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_daemon_open_waits_for_a_short_holder_of_the_lock() {
+    let dir = tempfile::tempdir().unwrap();
+    let held = Store::open(dir.path()).unwrap();
+    let path = dir.path().to_owned();
+    let waiter = std::thread::spawn(move || {
+        Store::open_with(&path, &patchkit_autopublish::store::OpenOptions::daemon())
+    });
+    // `status` holds the store for a moment, then lets go.
+    std::thread::sleep(Duration::from_millis(300));
+    drop(held);
+    let opened = waiter.join().unwrap();
+    assert!(opened.is_ok(), "{:?}", opened.err());
+}
+
+#[tokio::test]
+async fn a_store_whose_directory_is_deleted_or_replaced_takes_no_more_writes() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("state");
+    let store = reopen(&dir);
+    store.check_still_ours().unwrap();
+    enqueue_new(&store, new_build("app", "/b/a.zip", 1)).await;
+
+    // Replaced: the path holds a copy, so the lock file is another inode.
+    copy_dir(&dir, &root.path().join("copy"));
+    std::fs::rename(&dir, root.path().join("old")).unwrap();
+    std::fs::rename(root.path().join("copy"), &dir).unwrap();
+    let err = store.check_still_ours().unwrap_err();
+    assert!(matches!(err, StoreError::Gone { .. }), "{err:?}");
+    assert!(err.to_string().contains("is another file now"), "{err}");
+    let watermark = std::fs::read(dir.join("store.watermark")).unwrap();
+    assert!(
+        store
+            .enqueue(new_build("app", "/b/b.zip", 1))
+            .await
+            .is_err()
+    );
+    // Nothing reached the directory now at the path.
+    assert_eq!(
+        std::fs::read(dir.join("store.watermark")).unwrap(),
+        watermark
+    );
+
+    // Deleted.
+    let dir = root.path().join("state2");
+    let store = reopen(&dir);
+    std::fs::remove_dir_all(&dir).unwrap();
+    let err = store.check_still_ours().unwrap_err();
+    assert!(err.to_string().contains("was deleted or replaced"), "{err}");
 }

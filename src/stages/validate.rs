@@ -1,6 +1,7 @@
 //! `Queued -> Validated`: the file is still the one that was found (or has
 //! settled again after changing), and it is a ZIP PatchKit can take.
-//! Nothing is sent to PatchKit for a file that fails here.
+//! Nothing is sent to PatchKit for a file that fails here; the archive's
+//! warnings (names PatchKit may refuse) are logged and the build goes on.
 
 use crate::archive;
 use crate::state::Stage;
@@ -17,8 +18,15 @@ pub(super) async fn run(ctx: &StageCtx, build: &Build) -> Result<Build, StepErro
     let checked = tokio::task::spawn_blocking(move || archive::validate(&path))
         .await
         .map_err(|e| StepError::Io(format!("validation task failed: {e}")))?;
-    if let Err(err) = checked {
-        return Err(StepError::fail(Stage::Validate, err.to_string()));
+    match checked {
+        Err(err) => return Err(StepError::fail(Stage::Validate, err.to_string())),
+        // Warnings do not stop the build; they go to the log at warn level,
+        // where an operator reading why a version misbehaves will see them.
+        Ok(summary) => {
+            for warning in &summary.warnings {
+                tracing::warn!(build = %build.id, rule = %build.rule, "{warning}");
+            }
+        }
     }
     advance(ctx, build, build.state.validated()).await
 }

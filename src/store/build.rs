@@ -9,9 +9,10 @@ use std::str::FromStr;
 
 use crate::state::{BuildState, FileIdentity};
 
-/// A build's id: a number from sled's crash-safe monotonic id generator, so
-/// ids sort by arrival. Ids are unique but not contiguous (after a crash sled
-/// skips ahead).
+/// A build's id: 1, 2, 3, ... from the store's counter, bumped in the same
+/// transaction as the record, so ids sort by arrival and are never reused.
+/// Stores from before the counter keep their large ids and continue after
+/// the highest.
 ///
 /// Shown and parsed as plain decimal (`42`); `FromStr` also accepts a leading
 /// `#` (`#42`), as status output may print it that way.
