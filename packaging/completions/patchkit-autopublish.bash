@@ -46,6 +46,9 @@ _patchkit__autopublish() {
             patchkit__autopublish,status)
                 cmd="patchkit__autopublish__subcmd__status"
                 ;;
+            patchkit__autopublish,store)
+                cmd="patchkit__autopublish__subcmd__store"
+                ;;
             patchkit__autopublish__subcmd__help,cancel)
                 cmd="patchkit__autopublish__subcmd__help__subcmd__cancel"
                 ;;
@@ -76,6 +79,24 @@ _patchkit__autopublish() {
             patchkit__autopublish__subcmd__help,status)
                 cmd="patchkit__autopublish__subcmd__help__subcmd__status"
                 ;;
+            patchkit__autopublish__subcmd__help,store)
+                cmd="patchkit__autopublish__subcmd__help__subcmd__store"
+                ;;
+            patchkit__autopublish__subcmd__help__subcmd__store,recover)
+                cmd="patchkit__autopublish__subcmd__help__subcmd__store__subcmd__recover"
+                ;;
+            patchkit__autopublish__subcmd__store,help)
+                cmd="patchkit__autopublish__subcmd__store__subcmd__help"
+                ;;
+            patchkit__autopublish__subcmd__store,recover)
+                cmd="patchkit__autopublish__subcmd__store__subcmd__recover"
+                ;;
+            patchkit__autopublish__subcmd__store__subcmd__help,help)
+                cmd="patchkit__autopublish__subcmd__store__subcmd__help__subcmd__help"
+                ;;
+            patchkit__autopublish__subcmd__store__subcmd__help,recover)
+                cmd="patchkit__autopublish__subcmd__store__subcmd__help__subcmd__recover"
+                ;;
             *)
                 ;;
         esac
@@ -83,7 +104,7 @@ _patchkit__autopublish() {
 
     case "${cmd}" in
         patchkit__autopublish)
-            opts="-h -V --help --version run check sandbox demo status retry cancel completions man help"
+            opts="-h -V --help --version run check sandbox demo status retry cancel completions man store help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -177,7 +198,7 @@ _patchkit__autopublish() {
             return 0
             ;;
         patchkit__autopublish__subcmd__help)
-            opts="run check sandbox demo status retry cancel completions man help"
+            opts="run check sandbox demo status retry cancel completions man store help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -330,6 +351,34 @@ _patchkit__autopublish() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        patchkit__autopublish__subcmd__help__subcmd__store)
+            opts="recover"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        patchkit__autopublish__subcmd__help__subcmd__store__subcmd__recover)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         patchkit__autopublish__subcmd__man)
             opts="-h --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
@@ -389,7 +438,7 @@ _patchkit__autopublish() {
             return 0
             ;;
         patchkit__autopublish__subcmd__sandbox)
-            opts="-h --bind --main-port --upload-port --api-key --app --job-duration --publish-duration --data-dir --seed --fail-5xx --drop --chunk-412 --latency --help"
+            opts="-h --bind --main-port --upload-port --api-key --app --job-duration --publish-duration --data-dir --seed --fail-5xx --drop --chunk-412 --latency --variant --channel-app --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -447,6 +496,14 @@ _patchkit__autopublish() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --variant)
+                    COMPREPLY=($(compgen -W "swagger-keys lazy-timestamps content-file-404 forbidden-403 forgetful" -- "${cur}"))
+                    return 0
+                    ;;
+                --channel-app)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -457,6 +514,84 @@ _patchkit__autopublish() {
         patchkit__autopublish__subcmd__status)
             opts="-c -h --config --json --all --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -c)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        patchkit__autopublish__subcmd__store)
+            opts="-h --help recover help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        patchkit__autopublish__subcmd__store__subcmd__help)
+            opts="recover help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        patchkit__autopublish__subcmd__store__subcmd__help__subcmd__help)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        patchkit__autopublish__subcmd__store__subcmd__help__subcmd__recover)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        patchkit__autopublish__subcmd__store__subcmd__recover)
+            opts="-c -h --config --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
