@@ -516,7 +516,7 @@ impl<'s> Validator<'s> {
         let poll_interval = self.duration(
             raw.poll_interval,
             "[daemon] poll_interval",
-            "1s",
+            "250ms",
             Zero::Refused,
         );
         let auth_retry = self.duration(raw.auth_retry, "[daemon] auth_retry", "3m", Zero::Refused);

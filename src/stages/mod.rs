@@ -243,27 +243,34 @@ async fn pause(ctx: &StageCtx, delay: Duration) -> Result<(), StepError> {
     }
 }
 
-/// Poll intervals for jobs and publishing: about once per `first` at the
-/// start (PatchKit's guide asks for about once a second), growing by half
-/// each time up to ten times that, so an hour-long job costs a few hundred
-/// requests rather than thousands.
+/// Poll intervals for jobs and publishing: `first` plus a tenth of the time
+/// waited so far, at most [`POLL_CAP`]. A build therefore goes live at most
+/// `first` plus 10% of PatchKit's own time after PatchKit is done, while an
+/// hour-long job costs a few hundred requests rather than thousands.
 struct PollBackoff {
-    next: Duration,
-    max: Duration,
+    first: Duration,
+    started: tokio::time::Instant,
 }
+
+/// The longest pause between two polls: a job of hours is still seen
+/// finished within seconds.
+const POLL_CAP: Duration = Duration::from_secs(10);
 
 impl PollBackoff {
     fn new(first: Duration) -> Self {
         Self {
-            next: first,
-            max: first * 10,
+            first,
+            started: tokio::time::Instant::now(),
         }
     }
 
+    /// The pause before the next poll.
+    fn next(&self) -> Duration {
+        (self.first + self.started.elapsed() / 10).min(POLL_CAP.max(self.first))
+    }
+
     async fn wait(&mut self, ctx: &StageCtx) -> Result<(), StepError> {
-        let delay = self.next;
-        self.next = (self.next * 3 / 2).min(self.max);
-        pause(ctx, delay).await
+        pause(ctx, self.next()).await
     }
 }
 
@@ -319,5 +326,23 @@ async fn follow_changed_file(
             return Ok(current);
         }
         current = again;
+    }
+}
+
+#[cfg(test)]
+mod poll_tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn polls_lag_by_at_most_the_first_interval_plus_a_tenth_of_the_wait() {
+        let first = Duration::from_millis(250);
+        let backoff = PollBackoff::new(first);
+        assert_eq!(backoff.next(), first);
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert_eq!(backoff.next(), Duration::from_millis(750));
+        tokio::time::advance(Duration::from_secs(55)).await;
+        assert_eq!(backoff.next(), Duration::from_millis(6250));
+        tokio::time::advance(Duration::from_secs(3600)).await;
+        assert_eq!(backoff.next(), POLL_CAP);
     }
 }
