@@ -23,6 +23,7 @@ fn burst(s: &Scenario) -> Vec<Vec<Dropped>> {
         for (i, files) in per_app.iter_mut().enumerate() {
             files.push(s.drop_zip(i, &format!("b{n:03}"), 2000));
         }
+        // The pause is the scenario: the burst spread over about a second.
         std::thread::sleep(Duration::from_millis(15));
     }
     per_app

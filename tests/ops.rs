@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use axum::extract::{Path, State};
 use axum::routing::post;
-use harness::{LIMIT, Setup, chunks, free_port};
+use harness::{ClosedPort, LIMIT, Setup, chunks};
 use patchkit_autopublish::sandbox::{FaultConfig, OutcomeRule, ProcessingOutcome};
 use serde_json::Value;
 use tokio::sync::mpsc;
@@ -428,9 +428,11 @@ async fn a_dead_webhook_does_not_delay_publishing() {
         "json",
     ));
     // A hook on a port nobody listens on: refused, retried for a minute.
-    let closed = free_port();
+    // The port stays bound (never listening) until the test ends, so
+    // nothing else can start listening there meanwhile.
+    let closed = ClosedPort::new();
     s.append_config(&notify_section(
-        &format!("http://127.0.0.1:{closed}/hook"),
+        &format!("http://{}/hook", closed.addr()),
         "slack",
     ));
     s.append_config(&notify_section(&format!("{base}/live"), "json"));
@@ -486,10 +488,11 @@ async fn scrape(url: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_published_builds_and_uploaded_bytes() {
     let s = Setup::new(1).start().await;
-    let port = free_port();
-    s.daemon_line(&format!("metrics = \"127.0.0.1:{port}\""));
+    // Port 0: the daemon binds a free port itself and logs it, so no other
+    // process can take the port between choosing and binding it.
+    s.daemon_line("metrics = \"127.0.0.1:0\"");
     let daemon = s.spawn(false, None);
-    let url = format!("http://127.0.0.1:{port}/metrics");
+    let url = daemon.metrics_url().await;
     const PUBLISHED: &str = "patchkit_autopublish_published_total{rule=\"rule-0\"}";
     const BYTES: &str = "patchkit_autopublish_bytes_uploaded_total";
 
