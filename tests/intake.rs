@@ -228,10 +228,17 @@ async fn a_file_two_rules_would_take_through_a_folder_alias_is_taken_by_neither(
     let shared = s.drop_zip(0, "shared", 1000);
     daemon.until_log("is taken by rule", 1).await;
     daemon.stop().await;
-    // After a restart both rules' scans find it, and both refuse it.
-    let daemon = s.spawn(false, None);
-    daemon.until_log("is taken by rule", 2).await;
-    daemon.stop().await;
+    // A restart sees the alias in the config and refuses to start, naming
+    // both rules, so neither takes the file then either.
+    let restart = s.spawn(false, None);
+    let log = restart.log.clone();
+    let status = restart.wait(LIMIT).await;
+    let text = std::fs::read_to_string(log).unwrap();
+    assert_eq!(status.code(), Some(2), "{status:?}\n{text}");
+    assert!(
+        text.contains(r#"[[rule]] "rule-1": it watches the same folder as [[rule]] "rule-0""#),
+        "{text}"
+    );
     assert!(s.snapshot().versions(&app(0)).is_empty());
     assert!(s.snapshot().versions(&app(1)).is_empty());
     assert!(shared.path.exists(), "the file is left where it is");

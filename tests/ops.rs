@@ -180,17 +180,18 @@ async fn retry_and_cancel_through_the_socket_and_on_the_stopped_store() {
     );
     assert_eq!(s.until_published("app-0", "bad-0").await, version(&bad0));
 
-    // 150 ms per request keeps `slow` uploading for over a second, and the
-    // two builds after it queued.
+    // 150 ms per request keeps `slow` uploading for six seconds, and
+    // the two builds after it queued. `later-too` is dropped once `later`
+    // is queued, so their ids (and rows) are in that order.
     s.sb.set_faults(FaultConfig {
         latency: Duration::from_millis(150),
         ..FaultConfig::seeded(1)
     });
-    s.drop_zip(1, "slow", chunks(8));
+    s.drop_zip(1, "slow", chunks(40));
     s.until_state("slow", "uploading").await;
     s.drop_zip(1, "later", 1000);
-    s.drop_zip(1, "later-too", 1000);
     let later = s.until_state("later", "queued").await;
+    s.drop_zip(1, "later-too", 1000);
     let later_too = s.until_state("later-too", "queued").await;
     let cancelled = s.run_cli(&["cancel", &id(&later)]);
     assert_eq!(cancelled.code, Some(0), "{cancelled:?}");
@@ -437,7 +438,9 @@ async fn a_dead_webhook_does_not_delay_publishing() {
     ));
     s.append_config(&notify_section(&format!("{base}/live"), "json"));
     let daemon = s.spawn(false, None);
-    s.until_socket().await;
+    // Watching, so each drop is seen by its event rather than the startup
+    // scan.
+    daemon.until_log("daemon running", 1).await;
 
     let mut took = Vec::new();
     for label in ["one", "two", "three"] {

@@ -137,6 +137,7 @@ async fn a_refused_key_pauses_every_build_until_the_key_file_is_fixed() {
     let started = Instant::now();
     let cancel = CancellationToken::new();
     let fix = async {
+        // The window the refusals are counted over, not a wait for an event.
         tokio::time::sleep(Duration::from_secs(4)).await;
         let seen = refused(&s.snapshot());
         let elapsed = started.elapsed().as_secs();
@@ -213,7 +214,7 @@ async fn a_second_sigterm_exits_at_once_and_the_restart_resumes() {
     s.sb.set_faults(slow(3000, 0));
     tokio::time::sleep(Duration::from_millis(300)).await;
     daemon.signal("TERM");
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    daemon.until_log("shutdown requested", 1).await;
     let second = Instant::now();
     daemon.signal("TERM");
     let status = daemon.wait(Duration::from_secs(10)).await;
