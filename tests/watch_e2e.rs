@@ -14,11 +14,11 @@ use std::io::Write as _;
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime};
 
+use harness::zips::{Zip, sha256};
 use harness::{
     CREATE_UPLOAD, CREATE_VERSION, Dropped, PUBLISH, Scenario, Setup, Watching, app,
     failure_reason, until,
 };
-use harness::zips::{Zip, sha256};
 use patchkit_autopublish::config::{Config, Problem};
 use patchkit_autopublish::state::{BuildState, Stage};
 
