@@ -121,9 +121,9 @@ impl Zip {
     /// never sees it half written. Returns the SHA-256 of the file.
     pub fn write(&self, path: &Path) -> String {
         let tmp = path.with_extension("part");
-        self.write_in_place(&tmp);
+        let sha256 = self.write_in_place(&tmp);
         std::fs::rename(&tmp, path).unwrap();
-        sha256_file(path).unwrap()
+        sha256
     }
 
     /// Streams the archive into `out`, a block of content at a time.
