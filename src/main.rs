@@ -444,8 +444,10 @@ fn signals(
                     }
                 }
                 _ => {
-                    tracing::info!("shutdown requested; a second signal stops at once");
+                    // Armed before it is announced: whoever reads the line
+                    // may send the second signal at once.
                     force.store(true, std::sync::atomic::Ordering::SeqCst);
+                    tracing::info!("shutdown requested; a second signal stops at once");
                     cancel.cancel();
                 }
             }

@@ -26,6 +26,7 @@ fn burst(s: &Scenario) -> Vec<Vec<Dropped>> {
         for (i, files) in per_app.iter_mut().enumerate() {
             files.push(s.drop_zip(i, &format!("b{n:03}"), 2000));
         }
+        // The pause is the scenario: the burst spread over about a second.
         std::thread::sleep(Duration::from_millis(15));
     }
     per_app
@@ -233,10 +234,17 @@ async fn a_file_two_rules_would_take_through_a_folder_alias_is_taken_by_neither(
     let shared = s.drop_zip(0, "shared", 1000);
     daemon.until_log("is taken by rule", 1).await;
     daemon.stop().await;
-    // Now that the alias exists, the config itself is refused at start.
-    let status = s.spawn(false, None).wait(LIMIT).await;
-    assert_eq!(status.code(), Some(2), "{status:?}\n{}", s.logs());
-    assert!(s.logs().contains("published twice"), "{}", s.logs());
+    // A restart sees the alias in the config and refuses to start, naming
+    // both rules, so neither takes the file then either.
+    let restart = s.spawn(false, None);
+    let log = restart.log.clone();
+    let status = restart.wait(LIMIT).await;
+    let text = std::fs::read_to_string(log).unwrap();
+    assert_eq!(status.code(), Some(2), "{status:?}\n{text}");
+    assert!(
+        text.contains(r#"[[rule]] "rule-1": it watches the same folder as [[rule]] "rule-0""#),
+        "{text}"
+    );
     assert!(s.snapshot().versions(&app(0)).is_empty());
     assert!(s.snapshot().versions(&app(1)).is_empty());
     assert!(shared.path.exists(), "the file is left where it is");

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use axum::extract::{Path, State};
 use axum::routing::post;
-use harness::{LIMIT, Setup, chunks, free_port};
+use harness::{ClosedPort, LIMIT, Setup, chunks};
 use patchkit_autopublish::sandbox::{FaultConfig, OutcomeRule, ProcessingOutcome};
 use serde_json::Value;
 use tokio::sync::mpsc;
@@ -180,17 +180,18 @@ async fn retry_and_cancel_through_the_socket_and_on_the_stopped_store() {
     );
     assert_eq!(s.until_published("app-0", "bad-0").await, version(&bad0));
 
-    // 150 ms per request keeps `slow` uploading for over a second, and the
-    // two builds after it queued.
+    // 150 ms per request keeps `slow` uploading for six seconds, and
+    // the two builds after it queued. `later-too` is dropped once `later`
+    // is queued, so their ids (and rows) are in that order.
     s.sb.set_faults(FaultConfig {
         latency: Duration::from_millis(150),
         ..FaultConfig::seeded(1)
     });
-    s.drop_zip(1, "slow", chunks(8));
+    s.drop_zip(1, "slow", chunks(40));
     s.until_state("slow", "uploading").await;
     s.drop_zip(1, "later", 1000);
-    s.drop_zip(1, "later-too", 1000);
     let later = s.until_state("later", "queued").await;
+    s.drop_zip(1, "later-too", 1000);
     let later_too = s.until_state("later-too", "queued").await;
     let cancelled = s.run_cli(&["cancel", &id(&later)]);
     assert_eq!(cancelled.code, Some(0), "{cancelled:?}");
@@ -432,14 +433,18 @@ async fn a_dead_webhook_does_not_delay_publishing() {
         "json",
     ));
     // A hook on a port nobody listens on: refused, retried for a minute.
-    let closed = free_port();
+    // The port stays bound (never listening) until the test ends, so
+    // nothing else can start listening there meanwhile.
+    let closed = ClosedPort::new();
     s.append_config(&notify_section(
-        &format!("http://127.0.0.1:{closed}/hook"),
+        &format!("http://{}/hook", closed.addr()),
         "slack",
     ));
     s.append_config(&notify_section(&format!("{base}/live"), "json"));
     let daemon = s.spawn(false, None);
-    s.until_socket().await;
+    // Watching, so each drop is seen by its event rather than the startup
+    // scan.
+    daemon.until_log("daemon running", 1).await;
 
     let mut took = Vec::new();
     for label in ["one", "two", "three"] {
@@ -491,10 +496,11 @@ async fn scrape(url: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_published_builds_and_uploaded_bytes() {
     let s = Setup::new(1).start().await;
-    let port = free_port();
-    s.daemon_line(&format!("metrics = \"127.0.0.1:{port}\""));
+    // Port 0: the daemon binds a free port itself and logs it, so no other
+    // process can take the port between choosing and binding it.
+    s.daemon_line("metrics = \"127.0.0.1:0\"");
     let daemon = s.spawn(false, None);
-    let url = format!("http://127.0.0.1:{port}/metrics");
+    let url = daemon.metrics_url().await;
     const PUBLISHED: &str = "patchkit_autopublish_published_total{rule=\"rule-0\"}";
     const BYTES: &str = "patchkit_autopublish_bytes_uploaded_total";
 

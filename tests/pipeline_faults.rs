@@ -140,6 +140,7 @@ each_variant! {
         let started = Instant::now();
         let cancel = CancellationToken::new();
         let fix = async {
+            // The window the refusals are counted over, not a wait for an event.
             tokio::time::sleep(Duration::from_secs(4)).await;
             let seen = refused(&s.snapshot());
             let elapsed = started.elapsed().as_secs();
@@ -218,7 +219,7 @@ each_variant! {
         s.sb.set_faults(slow(3000, 0));
         tokio::time::sleep(Duration::from_millis(300)).await;
         daemon.signal("TERM");
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        daemon.until_log("shutdown requested", 1).await;
         let second = Instant::now();
         daemon.signal("TERM");
         let status = daemon.wait(Duration::from_secs(10)).await;

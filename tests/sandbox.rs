@@ -620,7 +620,10 @@ async fn processing_and_publishing_a_good_zip() {
         StatusCode::BAD_REQUEST,
         "still processing"
     );
-    tokio::time::sleep(STEP / 3).await;
+    t.wait(&format!("/1/background_jobs/{guid}"), |j| {
+        j["progress"].as_f64() > Some(early)
+    })
+    .await;
     let (_, job) = t.get(&format!("/1/background_jobs/{guid}")).await;
     assert!(job["progress"].as_f64().unwrap() > early);
     let job = t.wait_job(&guid).await;

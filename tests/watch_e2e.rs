@@ -10,19 +10,17 @@
 
 mod harness;
 
-use std::io::{Cursor, Write as _};
+use std::io::Write as _;
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime};
 
+use harness::zips::{Zip, sha256};
 use harness::{
     CREATE_UPLOAD, CREATE_VERSION, Dropped, PUBLISH, Scenario, Setup, Watching, app,
     failure_reason, until,
 };
 use patchkit_autopublish::config::{Config, Problem};
 use patchkit_autopublish::state::{BuildState, Stage};
-use sha2::{Digest, Sha256};
-use zip::CompressionMethod;
-use zip::write::{SimpleFileOptions, ZipWriter};
 
 /// Long enough that the pauses between the pieces of a slow write
 /// ([`PAUSE`]) never look like a finished file on a busy machine, short
@@ -33,27 +31,8 @@ const SETTLE_DURATION: Duration = Duration::from_secs(1);
 const PAUSE: Duration = Duration::from_millis(200);
 
 /// A STORE ZIP of one entry with `payload` bytes derived from `seed`.
-fn zip_bytes(seed: &str, payload: usize) -> Vec<u8> {
-    let mut state = seed.bytes().fold(0x9e37_79b9_7f4a_7c15u64, |h, b| {
-        (h ^ u64::from(b)).rotate_left(5)
-    }) | 1;
-    let data: Vec<u8> = (0..payload)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state as u8
-        })
-        .collect();
-    let mut zip = ZipWriter::new(Cursor::new(Vec::new()));
-    let options = SimpleFileOptions::default().compression_method(CompressionMethod::Stored);
-    zip.start_file("game/data.bin", options).unwrap();
-    zip.write_all(&data).unwrap();
-    zip.finish().unwrap().into_inner()
-}
-
-fn sha256(bytes: &[u8]) -> String {
-    format!("{:x}", Sha256::digest(bytes))
+fn zip_bytes(seed: &str, payload: u64) -> Vec<u8> {
+    Zip::seeded(seed, payload).bytes()
 }
 
 /// What the assertions of the harness need to know about a file the test
@@ -74,6 +53,7 @@ async fn write_in_pieces(d: &mut Watching, path: &Path, bytes: &[u8], pieces: us
     for piece in bytes.chunks(bytes.len().div_ceil(pieces)) {
         file.write_all(piece).unwrap();
         file.flush().unwrap();
+        // The pause is the point: a writer that stalls between pieces.
         tokio::time::sleep(PAUSE).await;
         assert!(
             d.builds_of(path).is_empty(),
@@ -266,20 +246,13 @@ fn patch_headers(zip: &mut [u8], patch: impl Fn(&mut [u8], usize, usize)) {
 
 /// A one-entry STORE ZIP whose payload cannot be mistaken for a header.
 fn plain_zip() -> Vec<u8> {
-    let mut zip = ZipWriter::new(Cursor::new(Vec::new()));
-    let options = SimpleFileOptions::default().compression_method(CompressionMethod::Stored);
-    zip.start_file("game.exe", options).unwrap();
-    zip.write_all(&[b'x'; 1000]).unwrap();
-    zip.finish().unwrap().into_inner()
+    Zip::filled(b'x', 1000).bytes()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_zips_fail_validation_with_their_reason_and_upload_nothing() {
     let valid = plain_zip();
-    let no_entries = ZipWriter::new(Cursor::new(Vec::new()))
-        .finish()
-        .unwrap()
-        .into_inner();
+    let no_entries = Zip::empty().bytes();
     let mut deflate64 = valid.clone();
     patch_headers(&mut deflate64, |z, _, method| z[method] = 9);
     let mut encrypted = valid.clone();

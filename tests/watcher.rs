@@ -7,8 +7,10 @@
 //! whose candidate arrives at least one settle period later. Anything the
 //! scenario would wrongly emit is emitted before it.
 
+mod harness;
+
 use std::collections::HashSet;
-use std::io::{Cursor, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -20,7 +22,8 @@ use patchkit_autopublish::watcher::{
 use tokio::sync::mpsc;
 use tokio::time::{Instant, timeout};
 use tokio_util::sync::CancellationToken;
-use zip::write::{SimpleFileOptions, ZipWriter};
+
+use harness::zips::Zip;
 
 /// Short enough for quick tests, long enough that the pauses between the
 /// writes below (250 ms) never look like a finished file on a busy machine.
@@ -47,12 +50,8 @@ fn options() -> WatchOptions {
 }
 
 /// A valid ZIP of about `size` bytes (one stored entry).
-fn zip_bytes(size: usize) -> Vec<u8> {
-    let mut zip = ZipWriter::new(Cursor::new(Vec::new()));
-    let options = SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
-    zip.start_file("game.exe", options).unwrap();
-    zip.write_all(&vec![7u8; size]).unwrap();
-    zip.finish().unwrap().into_inner()
+fn zip_bytes(size: u64) -> Vec<u8> {
+    Zip::filled(7, size).bytes()
 }
 
 fn write_zip(path: &Path) -> u64 {
@@ -184,6 +183,7 @@ async fn a_zip_written_in_pieces_is_taken_once_after_its_last_byte() {
             .unwrap();
         file.write_all(chunk).unwrap();
         drop(file);
+        // The pause is the point: a copy that stalls between pieces.
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     h.assert_nothing_taken("before the last byte");
@@ -298,6 +298,7 @@ async fn polling_finds_files_and_settles_them_the_same_way() {
             .unwrap();
         file.write_all(chunk).unwrap();
         drop(file);
+        // The pause is the point: a copy that stalls between pieces.
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     h.assert_nothing_taken("before the poll saw it settle");

@@ -1,21 +1,25 @@
-//! Helpers shared by the client tests and the upload benchmark: a sandbox
-//! with an app and a client pointed at it, ZIP files of an exact size, and
-//! bounded waits on a condition.
+//! The client tests' layer on the shared harness (`tests/harness`): a
+//! sandbox with an app and a client pointed at it, ZIP files of an exact
+//! size, and bounded waits on a condition. Used by the client tests and the
+//! upload benchmark; the ZIPs and the waits are the harness's own.
 //!
 //! Each test binary uses a different subset of these helpers, so the ones a
 //! binary does not call would otherwise warn as dead code.
 #![allow(dead_code)]
 
-use std::fs::File;
-use std::io::{self, Read, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use patchkit_autopublish::patchkit::{ApiKey, Client, ClientOptions, RetryPolicy};
 use patchkit_autopublish::sandbox::{Sandbox, SandboxConfig, SandboxHandle};
-use sha2::{Digest, Sha256};
-use zip::CompressionMethod;
-use zip::write::{SimpleFileOptions, ZipWriter};
+
+#[path = "../harness/mod.rs"]
+mod harness;
+
+// Re-exported for the binaries that use them; the others would warn.
+#[allow(unused_imports)]
+pub use harness::{until, zips, zips::sha256_file};
 
 /// The key of the account that owns [`APP`].
 pub const KEY: &str = "client-test-key";
@@ -105,97 +109,10 @@ impl Env {
     }
 }
 
-/// Name of the one entry of every test ZIP.
-const ENTRY: &str = "payload.bin";
-
 /// Writes a ZIP of exactly `size` bytes holding one STORE entry of
 /// pseudo-random bytes (seeded with `seed`, so different files differ and
 /// every chunk of a file has its own MD5). STORE keeps writing as fast as
 /// the disk, which matters for the benchmark's gigabyte.
 pub fn write_zip(path: &Path, size: u64, seed: u64) -> io::Result<()> {
-    let overhead = zip_overhead()?;
-    let payload = size.checked_sub(overhead).ok_or_else(|| {
-        io::Error::other(format!(
-            "a ZIP holds at least {overhead} bytes, {size} asked"
-        ))
-    })?;
-    let mut zip = ZipWriter::new(File::create(path)?);
-    zip.start_file(ENTRY, zip_options())
-        .map_err(io::Error::other)?;
-    let mut rng = XorShift(seed | 1);
-    let mut block = vec![0u8; 1 << 20];
-    let mut left = payload;
-    while left > 0 {
-        let n = left.min(block.len() as u64) as usize;
-        rng.fill(&mut block[..n]);
-        zip.write_all(&block[..n])?;
-        left -= n as u64;
-    }
-    zip.finish().map_err(io::Error::other)?;
-    let written = std::fs::metadata(path)?.len();
-    if written != size {
-        return Err(io::Error::other(format!(
-            "wrote a {written}-byte ZIP, {size} asked"
-        )));
-    }
-    Ok(())
-}
-
-/// The same options for every entry, so the overhead is the same.
-fn zip_options() -> SimpleFileOptions {
-    SimpleFileOptions::default()
-        .compression_method(CompressionMethod::Stored)
-        .large_file(false)
-}
-
-/// Bytes of a ZIP that are not the entry's data (headers, central directory,
-/// end record), measured on an empty entry.
-fn zip_overhead() -> io::Result<u64> {
-    let mut zip = ZipWriter::new(io::Cursor::new(Vec::new()));
-    zip.start_file(ENTRY, zip_options())
-        .map_err(io::Error::other)?;
-    Ok(zip.finish().map_err(io::Error::other)?.into_inner().len() as u64)
-}
-
-/// Lowercase hex SHA-256 of a file.
-pub fn sha256_file(path: &Path) -> io::Result<String> {
-    let mut file = File::open(path)?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = file.read(&mut buf)?;
-        if n == 0 {
-            return Ok(format!("{:x}", hasher.finalize()));
-        }
-        hasher.update(&buf[..n]);
-    }
-}
-
-/// xorshift64: fast, seeded, good enough to make chunks differ.
-struct XorShift(u64);
-
-impl XorShift {
-    fn fill(&mut self, buf: &mut [u8]) {
-        for word in buf.chunks_mut(8) {
-            let mut x = self.0;
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            self.0 = x;
-            word.copy_from_slice(&x.to_le_bytes()[..word.len()]);
-        }
-    }
-}
-
-/// Waits until `cond` holds, checking every few milliseconds, and panics
-/// with `what` if it has not within 10 s (far beyond what any condition
-/// here needs, so a failure means a bug, not a slow machine).
-pub async fn until(what: &str, mut cond: impl FnMut() -> bool) {
-    let waited = tokio::time::timeout(Duration::from_secs(10), async {
-        while !cond() {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await;
-    assert!(waited.is_ok(), "timed out waiting until {what}");
+    zips::write_exact(path, size, seed)
 }

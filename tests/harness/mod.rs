@@ -10,8 +10,17 @@
 //!
 //! Owns no assertions about a particular scenario beyond the common one:
 //! every dropped file is published exactly once with its content.
+//!
+//! This is the one harness of the test suite: every test file that needs
+//! shared help includes it (`mod harness;`, or through `tests/common`, the
+//! client tests' layer on top of it). Test ZIPs are written by [`zips`]
+//! only. Waits are on conditions (a log line, a build state, a sandbox
+//! snapshot, an event), polled or awaited with a deadline; nothing here
+//! sleeps hoping something has happened meanwhile.
 
 #![allow(dead_code)] // Each test file uses its own part of the harness.
+
+pub mod zips;
 
 pub use patchkit_autopublish::sandbox::Variant;
 
@@ -62,7 +71,6 @@ macro_rules! each_variant {
     };
 }
 
-use std::io::Write as _;
 use std::os::unix::process::ExitStatusExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -76,10 +84,7 @@ use patchkit_autopublish::patchkit::{ApiKey, AppVersion, Client, ClientOptions};
 use patchkit_autopublish::sandbox::{Sandbox, SandboxConfig, SandboxHandle, Snapshot};
 use patchkit_autopublish::state::BuildState;
 use patchkit_autopublish::store::{Build, BuildId, Enqueued, ListFilter, Store, StoreError};
-use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
-use zip::CompressionMethod;
-use zip::write::{SimpleFileOptions, ZipWriter};
 
 /// The API key the sandbox knows.
 pub const KEY: &str = "pipeline-key";
@@ -619,31 +624,10 @@ pub async fn until(what: &str, mut check: impl FnMut() -> bool) {
 }
 
 /// Writes a STORE ZIP with one entry of `payload` pseudo-random bytes
-/// derived from `seed`, and returns the SHA-256 of the file.
+/// derived from `seed`, under a temporary name renamed in, and returns the
+/// SHA-256 of the file. See [`zips`] for other shapes.
 pub fn write_zip(path: &Path, seed: &str, payload: u64) -> String {
-    let mut state = seed.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    }) | 1;
-    let mut data = Vec::with_capacity(payload as usize + 8);
-    while (data.len() as u64) < payload {
-        // xorshift64: incompressible enough, and fast in a debug build.
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        data.extend_from_slice(&state.to_le_bytes());
-    }
-    data.truncate(payload as usize);
-    let tmp = path.with_extension("part");
-    {
-        let mut zip = ZipWriter::new(std::fs::File::create(&tmp).unwrap());
-        let options = SimpleFileOptions::default().compression_method(CompressionMethod::Stored);
-        zip.start_file("game/data.bin", options).unwrap();
-        zip.write_all(&data).unwrap();
-        zip.finish().unwrap();
-    }
-    std::fs::rename(&tmp, path).unwrap();
-    let bytes = std::fs::read(path).unwrap();
-    format!("{:x}", Sha256::digest(&bytes))
+    zips::Zip::seeded(seed, payload).write(path)
 }
 
 /// The state of a build, by name.
@@ -692,10 +676,24 @@ pub fn assert_no_key(what: &str, text: &str) {
     assert!(!text.contains(KEY), "{what} shows the API key:\n{text}");
 }
 
-/// A loopback port that was free a moment ago (bound, then released).
-pub fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().port()
+/// A loopback address where nothing listens, held for as long as the value
+/// lives: a socket bound without `listen`. Connections to it are refused,
+/// and no other test can take the port meanwhile (the socket does not set
+/// `SO_REUSEADDR`), unlike a port bound, released and hoped to stay free.
+pub struct ClosedPort {
+    socket: tokio::net::TcpSocket,
+}
+
+impl ClosedPort {
+    pub fn new() -> Self {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        Self { socket }
+    }
+
+    pub fn addr(&self) -> std::net::SocketAddr {
+        self.socket.local_addr().unwrap()
+    }
 }
 
 impl Scenario {
@@ -825,6 +823,18 @@ impl Daemon {
             );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+    }
+
+    /// Waits until the log names the address the metrics are served on
+    /// (configured as port 0, so the daemon picked a free one) and returns
+    /// the URL of the page.
+    pub async fn metrics_url(&self) -> String {
+        const SAID: &str = "metrics at http://";
+        self.until_log(SAID, 1).await;
+        let text = self.log_text();
+        let rest = &text[text.find(SAID).unwrap() + SAID.len()..];
+        let addr = rest.split("/metrics").next().unwrap();
+        format!("http://{addr}/metrics")
     }
 
     /// SIGTERM, then waits for a clean exit (code 0).
