@@ -334,6 +334,7 @@ fn packaged_completions_and_man_pages_are_what_the_binary_prints() {
         "cancel",
         "completions",
         "man",
+        "store",
     ];
     for cmd in commands {
         expected.push((
