@@ -147,6 +147,10 @@ pub struct DemoArgs {
 pub struct StatusArgs {
     #[command(flatten)]
     pub config: ConfigArg,
+    /// The state directory to read, instead of the config's state_dir.
+    /// Without it, a config that does not load still gives its state_dir.
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
     /// Print JSON (one array of builds) instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -162,6 +166,10 @@ pub struct BuildArg {
     pub build: crate::store::BuildId,
     #[command(flatten)]
     pub config: ConfigArg,
+    /// The state directory to use, instead of the config's state_dir.
+    /// Without it, a config that does not load still gives its state_dir.
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
 }
 
 /// The config file option shared by the commands that read it.

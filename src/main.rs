@@ -216,11 +216,10 @@ enum Control {
 /// Retries or cancels a build: through the running daemon's socket, or on
 /// the store when no daemon runs.
 async fn control(args: BuildArg, what: Control) -> ExitCode {
-    let config = match Config::load(&args.config.config) {
-        Ok(config) => config,
-        Err(err) => return fail(EXIT_USAGE, &anyhow::Error::new(err)),
+    let dir = match state_dir(&args.config.config, args.state_dir) {
+        Ok(dir) => dir,
+        Err(err) => return fail(EXIT_USAGE, &err),
     };
-    let dir = config.daemon.state_dir.clone();
     let request = match what {
         Control::Retry => Request::Retry {
             build: args.build.to_string(),
@@ -255,6 +254,34 @@ async fn control(args: BuildArg, what: Control) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(err) => fail(EXIT_FAILURE, &anyhow::Error::new(err)),
+    }
+}
+
+/// The state directory `status`, `retry` and `cancel` work on: `--state-dir`,
+/// else the config's. They need nothing else from the config, so a config
+/// that does not load (an edit in progress, while the daemon runs on the
+/// old one) still gives its `state_dir`, with a warning.
+fn state_dir(
+    config: &std::path::Path,
+    given: Option<std::path::PathBuf>,
+) -> anyhow::Result<std::path::PathBuf> {
+    if let Some(dir) = given {
+        return Ok(dir);
+    }
+    match Config::load(config) {
+        Ok(loaded) => Ok(loaded.daemon.state_dir),
+        Err(err) => match patchkit_autopublish::config::state_dir_leniently(config) {
+            Some(dir) => {
+                eprintln!(
+                    "warning: {err}\nwarning: using the state directory it names, {}",
+                    dir.display()
+                );
+                Ok(dir)
+            }
+            None => Err(anyhow::Error::new(err).context(
+                "cannot tell the state directory; give it with --state-dir DIR",
+            )),
+        },
     }
 }
 
@@ -296,11 +323,10 @@ async fn reach(dir: &std::path::Path, request: &Request) -> anyhow::Result<Reach
 
 /// `status`: from the daemon when it runs, from the store when not.
 async fn status(args: StatusArgs) -> ExitCode {
-    let config = match Config::load(&args.config.config) {
-        Ok(config) => config,
-        Err(err) => return fail(EXIT_USAGE, &anyhow::Error::new(err)),
+    let dir = match state_dir(&args.config.config, args.state_dir) {
+        Ok(dir) => dir,
+        Err(err) => return fail(EXIT_USAGE, &err),
     };
-    let dir = config.daemon.state_dir.clone();
     let request = Request::Status { all: args.all };
     let rows = if !dir.join("db").exists()
         && control::ask(&dir, &request).await.ok().flatten().is_none()

@@ -250,3 +250,44 @@ async fn a_file_two_rules_would_take_through_a_folder_alias_is_taken_by_neither(
     assert!(shared.path.exists(), "the file is left where it is");
     assert!(s.builds().await.is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_a_waiting_build_is_announced_and_leaves_no_live_entry() {
+    use patchkit_autopublish::observe::EventKind;
+    use patchkit_autopublish::state::BuildState;
+    // A slow first build keeps the app busy, so the second waits its turn.
+    let s = Setup::new(1)
+        .sandbox(|c| c.job_duration(Duration::from_secs(3)))
+        .start()
+        .await;
+    let mut d = s.watch().await;
+    let first = s.drop_zip(0, "a-first", 1000);
+    d.event("the first build processing", |e| {
+        e.build.file == first.path && e.build.state.name() == "processing"
+    })
+    .await;
+    let second = s.drop_zip(0, "b-second", 1000);
+    let waiting = d
+        .event("the second build queued", |e| e.build.file == second.path)
+        .await
+        .build;
+    assert!(d.status().await.iter().any(|b| b.id == waiting.id));
+
+    let cancelled = d.cancel(waiting.id).await.unwrap();
+    assert!(matches!(cancelled.state, BuildState::Cancelled { .. }));
+    let event = d
+        .event("the cancellation announced", |e| {
+            e.kind == EventKind::StateChanged
+                && e.build.id == waiting.id
+                && e.build.state.name() == "cancelled"
+        })
+        .await;
+    assert_eq!(event.build.id, waiting.id);
+    assert!(
+        d.status().await.iter().all(|b| b.id != waiting.id),
+        "status no longer lists the cancelled build"
+    );
+    d.published(&first.path).await;
+    d.stop().await;
+    s.assert_published_in_order(&app(0), &[&first]);
+}

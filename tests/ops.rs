@@ -10,6 +10,7 @@
 mod harness;
 
 use std::os::unix::fs::PermissionsExt as _;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -604,4 +605,48 @@ async fn a_refused_config_at_start_is_logged_as_errors_under_journald() {
     for line in lines {
         assert!(line.starts_with("<3>"), "{line:?} in\n{log}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_retry_and_cancel_need_only_the_state_dir() {
+    let s = Setup::new(1)
+        .sandbox(|c| {
+            c.outcome(OutcomeRule::any().processing(ProcessingOutcome::HasProcessingError))
+        })
+        .start()
+        .await;
+    s.drop_zip(0, "bad", 1000);
+    s.run_once().await;
+    // An edit in progress breaks the config; the daemon would run on the
+    // one it loaded, and the operator still needs status.
+    s.edit_config(|text| text.replacen("workers = 1", "workers = \"many\"", 1));
+
+    let status = s.run_cli(&["status", "--json", "--all"]);
+    assert_eq!(status.code, Some(0), "{status:?}");
+    assert!(status.stderr.contains("workers"), "the problem is named: {status:?}");
+    assert!(status.stderr.contains("using the state directory"), "{status:?}");
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&status.stdout).unwrap();
+    assert_eq!(rows.len(), 1, "{status:?}");
+    let id = rows[0]["id"].as_str().unwrap().to_owned();
+    assert_eq!(rows[0]["state"], "failed");
+
+    s.sb.set_outcomes(Vec::new());
+    let retried = s.run_cli(&["retry", &id]);
+    assert_eq!(retried.code, Some(0), "{retried:?}");
+
+    // With no config at all, --state-dir says where.
+    let state_dir = s.state_dir();
+    let dir = state_dir.to_str().unwrap();
+    let cancelled = Command::new(env!("CARGO_BIN_EXE_patchkit-autopublish"))
+        .args(["cancel", &id, "--config", "/nonexistent/config.toml", "--state-dir", dir])
+        .output()
+        .unwrap();
+    assert!(cancelled.status.success(), "{cancelled:?}");
+    assert!(String::from_utf8_lossy(&cancelled.stdout).contains("cancelled"));
+    let missing = Command::new(env!("CARGO_BIN_EXE_patchkit-autopublish"))
+        .args(["status", "--config", "/nonexistent/config.toml"])
+        .output()
+        .unwrap();
+    assert_eq!(missing.status.code(), Some(2), "{missing:?}");
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("--state-dir"));
 }

@@ -207,6 +207,21 @@ mod limits {
     pub const MAX_CHUNK: u64 = 256 * 1024 * 1024;
 }
 
+/// The state directory the config at `path` names, read as leniently as
+/// possible: `status`, `retry` and `cancel` must work while the config on
+/// disk is broken, since the daemon runs on the one it loaded. `None` when
+/// the file cannot be read or is not TOML at all.
+pub fn state_dir_leniently(path: &Path) -> Option<PathBuf> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let table: toml::Table = text.parse().ok()?;
+    let dir = match table.get("daemon").and_then(|d| d.get("state_dir")) {
+        Some(value) => PathBuf::from(value.as_str()?),
+        None => PathBuf::from(DEFAULT_STATE_DIR),
+    };
+    let base = path.parent().unwrap_or(Path::new("."));
+    Some(base.join(dir))
+}
+
 impl Config {
     /// Reads and validates a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -880,7 +895,9 @@ impl<'s> Validator<'s> {
             self.problems.at(
                 span.unwrap_or_default(),
                 format!(
-                    "{field}: {} is too short; a file must stay unchanged at least {} before it                      is taken, or a copy that pauses between writes is taken half-written.                      Expected e.g. \"5s\"",
+                    "{field}: {} is too short; a file must stay unchanged at least {} before it \
+                     is taken, or a copy that pauses between writes is taken half-written. \
+                     Expected e.g. \"5s\"",
                     humantime::format_duration(settle),
                     humantime::format_duration(MIN_SETTLE),
                 ),

@@ -1077,6 +1077,22 @@ impl Watching {
         }
     }
 
+    /// Cancels a build through the running daemon, as `cancel` does.
+    pub async fn cancel(
+        &self,
+        id: BuildId,
+    ) -> Result<Build, patchkit_autopublish::control::ControlError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.commands
+            .send(patchkit_autopublish::control::ControlCommand::Cancel(id, tx))
+            .await
+            .expect("the daemon is running");
+        tokio::time::timeout(WATCH_WAIT, rx)
+            .await
+            .expect("the daemon answers cancel in time")
+            .expect("the daemon answers cancel")
+    }
+
     /// Hands the daemon a reloaded config, as SIGHUP does.
     pub async fn reload(&self, config: Result<Config, patchkit_autopublish::config::ConfigError>) {
         self.reloads
