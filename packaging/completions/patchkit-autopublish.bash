@@ -118,7 +118,7 @@ _patchkit__autopublish() {
             return 0
             ;;
         patchkit__autopublish__subcmd__cancel)
-            opts="-c -h --config --help"
+            opts="-c -h --config --state-dir --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -129,6 +129,10 @@ _patchkit__autopublish() {
                     return 0
                     ;;
                 -c)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --state-dir)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -394,7 +398,7 @@ _patchkit__autopublish() {
             return 0
             ;;
         patchkit__autopublish__subcmd__retry)
-            opts="-c -h --config --help"
+            opts="-c -h --config --state-dir --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -405,6 +409,10 @@ _patchkit__autopublish() {
                     return 0
                     ;;
                 -c)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --state-dir)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -512,7 +520,7 @@ _patchkit__autopublish() {
             return 0
             ;;
         patchkit__autopublish__subcmd__status)
-            opts="-c -h --config --json --all --help"
+            opts="-c -h --config --state-dir --json --all --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -523,6 +531,10 @@ _patchkit__autopublish() {
                     return 0
                     ;;
                 -c)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --state-dir)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

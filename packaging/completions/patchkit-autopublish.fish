@@ -68,12 +68,15 @@ complete -c patchkit-autopublish -n "__fish_patchkit_autopublish_using_subcomman
 complete -c patchkit-autopublish -n "__fish_patchkit_autopublish_using_subcommand demo" -l once -d 'Exit once the sample build is published (status 0) or failed (1)'
 complete -c patchkit-autopublish -n "__fish_patchkit_autopublish_using_subcommand demo" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c patchkit-autopublish -n "__fish_patchkit_autopublish_using_subcommand status" -s c -l config -d 'The config file' -r -F
+complete -c patchkit-autopublish -n "__fish_patchkit_autopublish_using_subcommand status" -l state-dir -d 'The state directory to read, instead of the config\'s state_dir. Without it, a config that does not load still gives its state_dir' -r -F
 complete -c patchkit-autopublish -n "__fish_patchkit_autopublish_using_subcommand status" -l json -d 'Print JSON (one array of builds) instead of a table'
 complete -c patchkit-autopublish -n "__fish_patchkit_autopublish_using_subcommand status" -l all -d 'Show every build the store holds, not just recent ones'
 complete -c patchkit-autopublish -n "__fish_patchkit_autopublish_using_subcommand status" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c patchkit-autopublish -n "__fish_patchkit_autopublish_using_subcommand retry" -s c -l config -d 'The config file' -r -F
+complete -c patchkit-autopublish -n "__fish_patchkit_autopublish_using_subcommand retry" -l state-dir -d 'The state directory to use, instead of the config\'s state_dir. Without it, a config that does not load still gives its state_dir' -r -F
 complete -c patchkit-autopublish -n "__fish_patchkit_autopublish_using_subcommand retry" -s h -l help -d 'Print help'
 complete -c patchkit-autopublish -n "__fish_patchkit_autopublish_using_subcommand cancel" -s c -l config -d 'The config file' -r -F
+complete -c patchkit-autopublish -n "__fish_patchkit_autopublish_using_subcommand cancel" -l state-dir -d 'The state directory to use, instead of the config\'s state_dir. Without it, a config that does not load still gives its state_dir' -r -F
 complete -c patchkit-autopublish -n "__fish_patchkit_autopublish_using_subcommand cancel" -s h -l help -d 'Print help'
 complete -c patchkit-autopublish -n "__fish_patchkit_autopublish_using_subcommand completions" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c patchkit-autopublish -n "__fish_patchkit_autopublish_using_subcommand man" -s h -l help -d 'Print help (see more with \'--help\')'
