@@ -54,7 +54,7 @@ pub enum Command {
     Status(StatusArgs),
     /// Start a failed build again, from a fresh upload (its draft version is
     /// reused).
-    Retry(BuildArg),
+    Retry(RetryArgs),
     /// Stop a build for good; its file is left where it is.
     Cancel(BuildArg),
     /// Print the completion script for a shell.
@@ -157,6 +157,17 @@ pub struct StatusArgs {
     /// Show every build the store holds, not just recent ones.
     #[arg(long)]
     pub all: bool,
+}
+
+/// Options of `retry`.
+#[derive(Debug, Args)]
+pub struct RetryArgs {
+    #[command(flatten)]
+    pub target: BuildArg,
+    /// Retry it even though a build of its app that arrived later is live:
+    /// the older build becomes the live one.
+    #[arg(long)]
+    pub force: bool,
 }
 
 /// A build, by the id `status` shows.

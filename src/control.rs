@@ -36,8 +36,9 @@ const RECENT: Duration = Duration::from_secs(24 * 60 * 60);
 /// A request to the running daemon.
 #[derive(Debug)]
 pub enum ControlCommand {
-    /// Start a failed build again, from a fresh upload.
-    Retry(BuildId, oneshot::Sender<Result<Build, ControlError>>),
+    /// Start a failed build again, from a fresh upload; `true`: even over a
+    /// newer build that is live.
+    Retry(BuildId, bool, oneshot::Sender<Result<Build, ControlError>>),
     /// Stop a build for good.
     Cancel(BuildId, oneshot::Sender<Result<Build, ControlError>>),
     /// Every build the daemon knows is unfinished, and which are running.
@@ -53,20 +54,63 @@ pub enum ControlError {
     NotFailed { id: BuildId, state: &'static str },
     #[error("build {id} is already {state}; there is nothing to cancel")]
     Finished { id: BuildId, state: &'static str },
-    #[error("{0}")]
+    #[error(
+        "build {id} ({label}) arrived before build {newer} ({newer_label}), which is live as \
+         version {version} of app {app}: retrying it would make the older build the live one. \
+         `retry --force {id}` publishes it anyway"
+    )]
+    NewerIsLive {
+        id: BuildId,
+        label: String,
+        newer: BuildId,
+        newer_label: String,
+        version: u64,
+        app: String,
+    },
+    #[error(transparent)]
     Store(#[from] StoreError),
 }
 
 /// Retries a failed build in the store (the daemon's loop, or the CLI
-/// when no daemon runs). A build with a known version reuses it with a fresh upload.
-pub async fn retry_build(store: &Store, id: BuildId) -> Result<Build, ControlError> {
+/// when no daemon runs). A build with a known version reuses it with a fresh
+/// upload. Unless `force`, a build is not retried when a build of its app
+/// that arrived after it is live: that would roll production back.
+pub async fn retry_build(store: &Store, id: BuildId, force: bool) -> Result<Build, ControlError> {
     let build = store.get(id)?.ok_or(ControlError::Unknown(id))?;
     let next = build.state.retry().map_err(|_| ControlError::NotFailed {
         id,
         state: build.state.name(),
     })?;
+    if !force && let Some(newer) = newer_live(store, &build)? {
+        return Err(ControlError::NewerIsLive {
+            id,
+            label: build.label,
+            newer: newer.id,
+            version: newer.state.version_id().unwrap_or_default(),
+            newer_label: newer.label,
+            app: build.app_secret,
+        });
+    }
     let build = store.transition(id, &build.state, next).await?;
     Ok(store.clear_attempts(id, &build.state).await?)
+}
+
+/// The newest live (published or scheduled) build of `build`'s app that
+/// arrived after it, if any. Arrival: the file's modification time, then
+/// the build id.
+fn newer_live(store: &Store, build: &Build) -> Result<Option<Build>, StoreError> {
+    let arrival = |b: &Build| (b.identity.mtime_ns, b.id);
+    Ok(store
+        .by_app(&build.app_secret)?
+        .into_iter()
+        .filter(|b| {
+            matches!(
+                b.state,
+                BuildState::Published { .. } | BuildState::Scheduled { .. }
+            )
+        })
+        .filter(|b| arrival(b) > arrival(build))
+        .max_by_key(arrival))
 }
 
 /// Cancels a build in the store; no worker may be running it.
@@ -92,6 +136,9 @@ pub enum Request {
     },
     Retry {
         build: String,
+        /// Even over a newer build that is live.
+        #[serde(default)]
+        force: bool,
     },
     Cancel {
         build: String,
@@ -310,14 +357,19 @@ async fn handle(
             },
             Err(e) => failure(e.to_string()),
         },
-        Request::Retry { build } | Request::Cancel { build }
+        Request::Retry { build, .. } | Request::Cancel { build }
             if build.parse::<BuildId>().is_err() =>
         {
             failure(format!("{build:?} is not a build id; `status` shows them"))
         }
-        Request::Retry { build } => {
+        Request::Retry { build, force } => {
             let id = build.parse().expect("checked above");
-            command(commands, |reply| ControlCommand::Retry(id, reply), observer).await
+            command(
+                commands,
+                |reply| ControlCommand::Retry(id, force, reply),
+                observer,
+            )
+            .await
         }
         Request::Cancel { build } => {
             let id = build.parse().expect("checked above");

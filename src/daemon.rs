@@ -535,8 +535,8 @@ impl Daemon {
                 let _ = reply.send(self.observer.unfinished());
                 Vec::new()
             }
-            ControlCommand::Retry(id, reply) => {
-                let result = retry_build(&self.store, id).await;
+            ControlCommand::Retry(id, force, reply) => {
+                let result = retry_build(&self.store, id, force).await;
                 let inputs = match &result {
                     Ok(build) => {
                         tracing::info!(build = %id, "retrying build from a fresh upload");

@@ -51,7 +51,7 @@ async fn dispatch(cli: Cli) -> ExitCode {
     match cli.command {
         Command::Run(args) => run(args).await,
         Command::Status(args) => status(args).await,
-        Command::Retry(args) => control(args, Control::Retry).await,
+        Command::Retry(args) => control(args.target, Control::Retry { force: args.force }).await,
         Command::Cancel(args) => control(args, Control::Cancel).await,
         Command::Check(args) => check(args).await,
         Command::Completions(args) => completions(args.shell),
@@ -209,7 +209,7 @@ async fn run(args: RunArgs) -> ExitCode {
 }
 
 enum Control {
-    Retry,
+    Retry { force: bool },
     Cancel,
 }
 
@@ -221,8 +221,9 @@ async fn control(args: BuildArg, what: Control) -> ExitCode {
         Err(err) => return fail(EXIT_USAGE, &err),
     };
     let request = match what {
-        Control::Retry => Request::Retry {
+        Control::Retry { force } => Request::Retry {
             build: args.build.to_string(),
+            force,
         },
         Control::Cancel => Request::Cancel {
             build: args.build.to_string(),
@@ -245,7 +246,9 @@ async fn control(args: BuildArg, what: Control) -> ExitCode {
         Err(err) => return fail(EXIT_FAILURE, &err),
     };
     let result = match what {
-        Control::Retry => patchkit_autopublish::control::retry_build(&store, args.build).await,
+        Control::Retry { force } => {
+            patchkit_autopublish::control::retry_build(&store, args.build, force).await
+        }
         Control::Cancel => patchkit_autopublish::control::cancel_build(&store, args.build).await,
     };
     match result {
@@ -278,9 +281,8 @@ fn state_dir(
                 );
                 Ok(dir)
             }
-            None => Err(anyhow::Error::new(err).context(
-                "cannot tell the state directory; give it with --state-dir DIR",
-            )),
+            None => Err(anyhow::Error::new(err)
+                .context("cannot tell the state directory; give it with --state-dir DIR")),
         },
     }
 }

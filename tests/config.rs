@@ -293,7 +293,10 @@ fn settle_below_one_second_is_refused_globally_and_per_rule() {
         );
     }
     let found = problems(&format!("{MINIMAL}settle = \"200ms\"\n"));
-    assert!(found.iter().all(|p| !p.message.contains("  ")), "{found:#?}");
+    assert!(
+        found.iter().all(|p| !p.message.contains("  ")),
+        "{found:#?}"
+    );
     assert!(
         found.iter().any(|p| p.message.contains("settle")
             && p.message.contains("at least 1s")

@@ -623,8 +623,14 @@ async fn status_retry_and_cancel_need_only_the_state_dir() {
 
     let status = s.run_cli(&["status", "--json", "--all"]);
     assert_eq!(status.code, Some(0), "{status:?}");
-    assert!(status.stderr.contains("workers"), "the problem is named: {status:?}");
-    assert!(status.stderr.contains("using the state directory"), "{status:?}");
+    assert!(
+        status.stderr.contains("workers"),
+        "the problem is named: {status:?}"
+    );
+    assert!(
+        status.stderr.contains("using the state directory"),
+        "{status:?}"
+    );
     let rows: Vec<serde_json::Value> = serde_json::from_str(&status.stdout).unwrap();
     assert_eq!(rows.len(), 1, "{status:?}");
     let id = rows[0]["id"].as_str().unwrap().to_owned();
@@ -638,7 +644,14 @@ async fn status_retry_and_cancel_need_only_the_state_dir() {
     let state_dir = s.state_dir();
     let dir = state_dir.to_str().unwrap();
     let cancelled = Command::new(env!("CARGO_BIN_EXE_patchkit-autopublish"))
-        .args(["cancel", &id, "--config", "/nonexistent/config.toml", "--state-dir", dir])
+        .args([
+            "cancel",
+            &id,
+            "--config",
+            "/nonexistent/config.toml",
+            "--state-dir",
+            dir,
+        ])
         .output()
         .unwrap();
     assert!(cancelled.status.success(), "{cancelled:?}");
@@ -649,4 +662,35 @@ async fn status_retry_and_cancel_need_only_the_state_dir() {
         .unwrap();
     assert_eq!(missing.status.code(), Some(2), "{missing:?}");
     assert!(String::from_utf8_lossy(&missing.stderr).contains("--state-dir"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_does_not_roll_back_a_newer_live_build_without_force() {
+    let s = failing_bad(1).start().await;
+    // 1.5.0 arrives first and fails; 1.5.1 goes live after it.
+    s.drop_zip(0, "bad-1.5.0", 1000);
+    s.run_once().await;
+    s.drop_zip(0, "good-1.5.1", 1000);
+    s.run_once().await;
+    let live = s.until_published("app-0", "good-1.5.1").await;
+    let rows = s.status_rows();
+    let old = rows.iter().find(|r| r["label"] == "bad-1.5.0").unwrap();
+    let old_id = old["id"].as_str().unwrap().to_owned();
+    s.sb.set_outcomes(Vec::new());
+
+    let refused = s.run_cli(&["retry", &old_id]);
+    assert_eq!(refused.code, Some(1), "{refused:?}");
+    assert!(
+        refused.stderr.contains(&format!("live as version {live}"))
+            && refused.stderr.contains("--force"),
+        "{refused:?}"
+    );
+    let still: Vec<Value> = s.status_rows();
+    let old = still.iter().find(|r| r["label"] == "bad-1.5.0").unwrap();
+    assert_eq!(old["state"], "failed", "a refused retry changes nothing");
+
+    let forced = s.run_cli(&["retry", "--force", &old_id]);
+    assert_eq!(forced.code, Some(0), "{forced:?}");
+    s.run_once().await;
+    s.until_published("app-0", "bad-1.5.0").await;
 }

@@ -398,7 +398,7 @@ _patchkit__autopublish() {
             return 0
             ;;
         patchkit__autopublish__subcmd__retry)
-            opts="-c -h --config --state-dir --help"
+            opts="-c -h --config --state-dir --force --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

@@ -74,6 +74,7 @@ complete -c patchkit-autopublish -n "__fish_patchkit_autopublish_using_subcomman
 complete -c patchkit-autopublish -n "__fish_patchkit_autopublish_using_subcommand status" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c patchkit-autopublish -n "__fish_patchkit_autopublish_using_subcommand retry" -s c -l config -d 'The config file' -r -F
 complete -c patchkit-autopublish -n "__fish_patchkit_autopublish_using_subcommand retry" -l state-dir -d 'The state directory to use, instead of the config\'s state_dir. Without it, a config that does not load still gives its state_dir' -r -F
+complete -c patchkit-autopublish -n "__fish_patchkit_autopublish_using_subcommand retry" -l force -d 'Retry it even though a build of its app that arrived later is live: the older build becomes the live one'
 complete -c patchkit-autopublish -n "__fish_patchkit_autopublish_using_subcommand retry" -s h -l help -d 'Print help'
 complete -c patchkit-autopublish -n "__fish_patchkit_autopublish_using_subcommand cancel" -s c -l config -d 'The config file' -r -F
 complete -c patchkit-autopublish -n "__fish_patchkit_autopublish_using_subcommand cancel" -l state-dir -d 'The state directory to use, instead of the config\'s state_dir. Without it, a config that does not load still gives its state_dir' -r -F

@@ -1084,7 +1084,9 @@ impl Watching {
     ) -> Result<Build, patchkit_autopublish::control::ControlError> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.commands
-            .send(patchkit_autopublish::control::ControlCommand::Cancel(id, tx))
+            .send(patchkit_autopublish::control::ControlCommand::Cancel(
+                id, tx,
+            ))
             .await
             .expect("the daemon is running");
         tokio::time::timeout(WATCH_WAIT, rx)
