@@ -325,6 +325,15 @@ async fn reach(dir: &std::path::Path, request: &Request) -> anyhow::Result<Reach
 
 /// `status`: from the daemon when it runs, from the store when not.
 async fn status(args: StatusArgs) -> ExitCode {
+    // `status --json | head` and the like: a reader that goes away ends the
+    // command quietly, as it does any other tool's, instead of a panic on
+    // the next line printed. Only for this command: the daemon keeps
+    // ignoring SIGPIPE, so a peer closing a socket stays an error it handles.
+    // SAFETY: setting a signal's disposition to its default touches no
+    // memory; nothing else in this process handles SIGPIPE.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let dir = match state_dir(&args.config.config, args.state_dir) {
         Ok(dir) => dir,
         Err(err) => return fail(EXIT_USAGE, &err),
