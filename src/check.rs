@@ -76,7 +76,7 @@ pub async fn check_with(config: &Config, place: &KeyPlace) -> Report {
     let Some((key, origin)) = load_key(config, place, &mut report) else {
         return report;
     };
-    let client = match Client::new(config.patchkit.client_options(key)) {
+    let client = match Client::new(check_options(config, key)) {
         Ok(client) => client,
         Err(err) => {
             report.problem(format!("cannot set up the PatchKit client: {err}"));
@@ -118,6 +118,12 @@ pub async fn check_with(config: &Config, place: &KeyPlace) -> Report {
                     rule.app_secret
                 ));
                 continue;
+            }
+            // PatchKit cannot be reached at all: every other rule would say
+            // the same after the same wait.
+            Err(err) if err.is_transient() && err.status().is_none() => {
+                report.problem(unreachable(config, &err));
+                break;
             }
             Err(err) => {
                 report.problem(format!("{who}: cannot read the app: {err}"));
@@ -362,6 +368,51 @@ async fn known_builds(config: &Config) -> Vec<BuildRow> {
         }
         _ => Vec::new(),
     }
+}
+
+/// How long `check` keeps trying one request before it reports PatchKit
+/// unreachable: an operator at a terminal wants the answer in seconds, not
+/// the daemon's patience of minutes.
+const CHECK_GIVE_UP: std::time::Duration = std::time::Duration::from_secs(8);
+
+/// The daemon's client settings with `check`'s short patience.
+fn check_options(config: &Config, key: ApiKey) -> crate::patchkit::ClientOptions {
+    let mut opts = config.patchkit.client_options(key);
+    opts.connect_timeout = opts.connect_timeout.min(std::time::Duration::from_secs(4));
+    opts.request_timeout = opts.request_timeout.min(CHECK_GIVE_UP);
+    opts.retry.base = opts.retry.base.min(std::time::Duration::from_millis(500));
+    opts.retry.cap = opts.retry.cap.min(std::time::Duration::from_secs(2));
+    opts.retry.give_up = Some(CHECK_GIVE_UP);
+    opts
+}
+
+/// Says that PatchKit cannot be reached, naming the host and the root
+/// cause (name lookup, refused, TLS, time-out, proxy) once.
+fn unreachable(config: &Config, err: &crate::patchkit::ApiError) -> String {
+    let host = config.patchkit.api_url.host_str().unwrap_or("?");
+    let mut causes: Vec<String> = Vec::new();
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = next {
+        let text = e.to_string();
+        if !causes.iter().any(|c| c.contains(&text)) {
+            causes.push(text);
+        }
+        next = e.source();
+    }
+    let proxy = ["HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"]
+        .iter()
+        .find_map(|v| std::env::var(v).ok().filter(|p| !p.is_empty()));
+    let via = match proxy {
+        Some(_) => " through the proxy set in the environment",
+        None => "",
+    };
+    format!(
+        "cannot reach PatchKit at {host}{via} ({}): {}; check the address (api_url), DNS, the \
+         firewall{}",
+        config.patchkit.api_url,
+        causes.join(": "),
+        if via.is_empty() { "" } else { " and the proxy" }
+    )
 }
 
 /// The known builds by the store's file key (path, size, modification

@@ -589,3 +589,42 @@ async fn a_reload_is_announced_to_systemd_and_ended_with_ready() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_answers_within_seconds_when_patchkit_is_unreachable_naming_host_and_cause() {
+    let s = Setup::new(2).start().await;
+    let closed = harness::ClosedPort::new();
+    let url = format!("http://{}", closed.addr());
+    s.edit_config(|text| {
+        text.lines()
+            .map(|line| {
+                if line.starts_with("api_url") {
+                    format!("api_url = {url:?}")
+                } else {
+                    line.to_owned()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    });
+    let started = Instant::now();
+    let out = s.run_cli(&["check"]);
+    let took = started.elapsed();
+    assert_eq!(out.code, Some(2), "{out:?}");
+    assert!(took < Duration::from_secs(15), "check took {took:?}");
+    let problem = out
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("problem"))
+        .unwrap_or_else(|| panic!("{out:?}"));
+    assert!(
+        problem.contains("cannot reach PatchKit at 127.0.0.1"),
+        "{problem}"
+    );
+    assert!(problem.contains("Connection refused"), "{problem}");
+    assert_eq!(
+        out.stdout.matches("cannot reach PatchKit").count(),
+        1,
+        "said once, not once per rule: {out:?}"
+    );
+}
