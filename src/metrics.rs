@@ -54,7 +54,6 @@ pub async fn serve(
             tracing::error!("the metrics server on {bound} stopped: {e}");
         }
     });
-    tracing::info!("serving Prometheus metrics on http://{bound}/metrics");
     Ok((bound, task))
 }
 
