@@ -50,7 +50,21 @@ pub(super) async fn run(ctx: &StageCtx, build: &Build) -> Result<Build, StepErro
             );
             advance(ctx, build, build.state.version_ready(mine.id)).await
         }
-        DraftPlan::Reuse(draft, _) | DraftPlan::TakeOver(draft) => {
+        DraftPlan::Reuse(draft, _) => {
+            // Routine: a draft our own failed or cancelled build left.
+            tracing::info!(
+                build = %build.id, version = draft.id, old_label = %draft.label,
+                label = %build.label, "reusing the draft version an earlier build of ours left"
+            );
+            take_over(ctx, build, draft).await?;
+            advance(ctx, build, build.state.version_ready(draft.id)).await
+        }
+        DraftPlan::TakeOver(draft) => {
+            // Someone else's work is relabelled: worth a person's attention.
+            tracing::warn!(
+                build = %build.id, version = draft.id, old_label = %draft.label,
+                label = %build.label, "taking over the app's existing draft version"
+            );
             take_over(ctx, build, draft).await?;
             advance(ctx, build, build.state.version_ready(draft.id)).await
         }
@@ -183,10 +197,6 @@ fn known_drafts(ctx: &StageCtx, build: &Build) -> Result<Vec<KnownDraft>, StepEr
 
 /// Relabels someone else's (or an abandoned) draft as this build's.
 async fn take_over(ctx: &StageCtx, build: &Build, draft: &AppVersion) -> Result<(), StepError> {
-    tracing::warn!(
-        build = %build.id, version = draft.id, old_label = %draft.label, label = %build.label,
-        "taking over the app's existing draft version"
-    );
     let patch = VersionPatch {
         label: Some(build.label.clone()),
         changelog: Some(build.changelog.clone().unwrap_or_default()),
