@@ -37,6 +37,15 @@ pub fn init(level: &str, files: Option<(&Path, usize)>) -> Result<LogGuard, Stri
     let (file_layer, guard) = match files {
         None => (None, None),
         Some((dir, keep)) => {
+            // The appender prunes old files as it starts, and complains on
+            // stderr about a folder that is not there yet: make it first.
+            std::fs::create_dir_all(dir).map_err(|e| {
+                format!(
+                    "cannot create the log folder {}: {e}; create it and let the daemon's user \
+                     write to it, or remove log_dir",
+                    dir.display()
+                )
+            })?;
             let appender = tracing_appender::rolling::Builder::new()
                 .rotation(tracing_appender::rolling::Rotation::DAILY)
                 .filename_prefix("patchkit-autopublish")

@@ -694,3 +694,19 @@ async fn retry_does_not_roll_back_a_newer_live_build_without_force() {
     s.run_once().await;
     s.until_published("app-0", "bad-1.5.0").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_log_dir_is_created_without_a_spurious_error() {
+    let s = Setup::new(1).start().await;
+    let logs = s.dir.path().join("logs/daemon");
+    s.daemon_line(&format!("log_dir = {:?}", logs.display().to_string()));
+    s.drop_zip(0, "game", 1000);
+    s.run_child_ok().await;
+    let stderr = s.logs();
+    assert!(
+        !stderr.contains("Error reading the log directory"),
+        "{stderr}"
+    );
+    let files: Vec<_> = std::fs::read_dir(&logs).unwrap().collect();
+    assert_eq!(files.len(), 1, "one daily log file");
+}
