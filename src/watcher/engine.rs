@@ -535,6 +535,7 @@ impl Engine {
     fn nudge(&mut self, event: &Event, check: &mut BTreeSet<String>) {
         let now = Instant::now();
         let mut nudged: Vec<Key> = Vec::new();
+        let mut lost: Vec<PathBuf> = Vec::new();
         for (name, rule) in &self.rules {
             if !rule.present() {
                 continue;
@@ -548,6 +549,11 @@ impl Engine {
                             EventKind::Remove(_) | EventKind::Modify(ModifyKind::Name(_))
                         ) {
                             check.insert(name.clone());
+                            // The folder's watch went with it, even if a
+                            // new folder at the path got the same inode.
+                            if rule.mode == Mode::Inotify {
+                                lost.push(rule.spec.folder.clone());
+                            }
                         }
                     }
                     Place::Inside(file_name) => {
@@ -581,6 +587,11 @@ impl Engine {
                     }
                 }
             }
+        }
+        // Watched again by the folder check that follows: a folder deleted
+        // and created at once can reuse the inode, and then looks unchanged.
+        for folder in lost {
+            self.unwatch_inotify(&folder);
         }
         for key in nudged {
             self.nudged(key, now);
