@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use crate::clock::now_ms;
 use crate::observe::Observer;
 use crate::state::{BuildState, FileIdentity};
-use crate::store::{Build, BuildId, ListFilter, Store, StoreError};
+use crate::store::{Build, BuildId, ChannelStep, Coordination, ListFilter, Store, StoreError};
 
 /// The socket's file name in the state directory.
 pub const SOCKET_NAME: &str = "control.sock";
@@ -193,6 +193,29 @@ pub struct BuildRow {
     /// same one again.
     #[serde(default)]
     pub file_mtime_ns: i64,
+    /// What the build waits for (another publisher holding PatchKit's lock
+    /// on the app, or processing on it), while it waits.
+    #[serde(default)]
+    pub waiting: Option<String>,
+    /// How long it has waited so far, seconds.
+    #[serde(default)]
+    pub waiting_seconds: Option<u64>,
+    /// Each channel the rule feeds, and where it is.
+    #[serde(default)]
+    pub channels: Vec<ChannelRow>,
+}
+
+/// One channel of a build, as `status` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ChannelRow {
+    /// The channel as the rule names it.
+    pub channel: String,
+    /// Its step (`pending`, `linking`, `published`, `failed`, ...).
+    pub step: String,
+    /// The channel's version, once it has one.
+    pub version_id: Option<u64>,
+    /// Why it failed.
+    pub reason: Option<String>,
 }
 
 impl BuildRow {
@@ -255,7 +278,33 @@ impl BuildRow {
             enqueued_at: build.enqueued_at,
             updated_at: build.updated_at,
             file_mtime_ns: i64::try_from(build.identity.mtime_ns).unwrap_or(i64::MAX),
+            waiting: None,
+            waiting_seconds: None,
+            channels: Vec::new(),
         }
+    }
+
+    /// Adds what the build's coordination record tells: its wait and its
+    /// channels.
+    pub fn with_coordination(mut self, record: &Coordination) -> BuildRow {
+        if let Some(wait) = &record.waiting {
+            self.waiting = Some(wait.reason.to_string());
+            self.waiting_seconds = Some(now_ms().saturating_sub(wait.since_ms) / 1000);
+        }
+        self.channels = record
+            .channels
+            .iter()
+            .map(|c| ChannelRow {
+                channel: c.channel.clone(),
+                step: c.step.name().to_owned(),
+                version_id: c.step.version_id(),
+                reason: match &c.step {
+                    ChannelStep::Failed { reason, .. } => Some(reason.clone()),
+                    _ => None,
+                },
+            })
+            .collect();
+        self
     }
 }
 
@@ -271,7 +320,13 @@ pub fn status_rows(
         .list(&ListFilter::default())?
         .iter()
         .filter(|b| all || !b.state.is_terminal() || b.updated_at >= cutoff)
-        .map(|b| BuildRow::new(b, observer))
+        .map(|b| {
+            let row = BuildRow::new(b, observer);
+            match store.coordination(b.id) {
+                Ok(record) => row.with_coordination(&record),
+                Err(_) => row,
+            }
+        })
         .collect())
 }
 

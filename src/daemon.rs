@@ -24,6 +24,7 @@ use crate::clock::{millis, now_ms};
 use crate::config::{Config, ConfigError, KeyError, KeyOrigin, Rule};
 use crate::control::{ControlCommand, ControlError, cancel_build, retry_build};
 use crate::dispose;
+use crate::global_lock::GlobalLock;
 use crate::intake;
 use crate::observe::Observer;
 use crate::patchkit::{ApiKey, BuildError, Client, RetryPolicy};
@@ -122,6 +123,8 @@ struct Daemon {
     next_reply: ReplyId,
     cancel: CancellationToken,
     observer: Observer,
+    /// PatchKit's global lock, held for the builds that need it.
+    lock: GlobalLock,
     /// Builds already reported stuck, so each is reported once per stall.
     stuck: HashSet<BuildId>,
     /// When old finished records were last pruned (Unix ms).
@@ -158,6 +161,7 @@ pub async fn run(
         store.on_change(move |build| observer.state_changed(build));
     }
     let (done_tx, mut done_rx) = mpsc::unbounded_channel();
+    let config_lock = (config.patchkit.global_lock, config.patchkit.lock_refresh);
     let mut daemon = Daemon {
         core: Scheduler::new(
             config.daemon.workers,
@@ -177,6 +181,7 @@ pub async fn run(
         next_reply: 0,
         cancel: cancel.clone(),
         observer,
+        lock: GlobalLock::new(config_lock.0, config_lock.1),
         stuck: HashSet::new(),
         last_prune: 0,
         exit: None,
@@ -228,6 +233,7 @@ pub async fn run(
         }
         None => None,
     };
+    let lock_refresher = tokio::spawn(daemon.lock.clone().run(watcher_cancel.clone()));
     let watchdog = sd_notify::watchdog_enabled();
     let mut systemd = Systemd::default();
     systemd.ready();
@@ -329,6 +335,7 @@ pub async fn run(
     if let Some(metrics) = metrics {
         let _ = metrics.await;
     }
+    let _ = lock_refresher.await;
     watcher.stopped().await;
     match daemon.exit {
         // With --once there is nobody to fix the key while we wait.
@@ -425,6 +432,7 @@ impl Daemon {
             rule_name: build.rule.clone(),
             cancel: cancel.clone(),
             observer: self.observer.clone(),
+            lock: self.lock.clone(),
         }
         .with_rule(rule);
         let retry = self.retry_policy();
@@ -525,6 +533,12 @@ impl Daemon {
         }
         self.arrivals.remove(&build.id);
         self.stuck.remove(&build.id);
+        // A build cancelled while it waited may still hold its app's lock.
+        if let Ok(record) = self.store.coordination(build.id)
+            && let Some(owner) = &record.owner
+        {
+            self.lock.release(&build.app_secret, owner);
+        }
         self.dispose(build).await;
         self.prune().await;
     }
@@ -697,17 +711,44 @@ impl Daemon {
     /// per stall, and returns when to look again.
     fn check_stuck(&mut self, wake: Option<u64>) -> Option<u64> {
         let after = self.config.daemon.stuck_after;
-        let idle = self.observer.idle_builds(after);
-        self.stuck.retain(|id| idle.iter().any(|(i, _)| i == id));
-        for (id, how_long) in idle {
-            if self.core.is_running(id)
-                && self.stuck.insert(id)
-                && let Some(build) = self.observer.build(id)
+        // Builds waiting for another publisher (PatchKit's lock, someone
+        // else's processing) are stuck once the wait is longer than the
+        // threshold, whether or not a worker is asking right now.
+        let waiting: Vec<(Build, crate::store::Wait)> = self
+            .observer
+            .unfinished()
+            .into_iter()
+            .filter_map(|b| {
+                let wait = self.store.coordination(b.id).ok()?.waiting?;
+                Some((b, wait))
+            })
+            .collect();
+        let idle: Vec<(BuildId, Duration)> = self
+            .observer
+            .idle_builds(after)
+            .into_iter()
+            .filter(|(id, _)| {
+                self.core.is_running(*id) && !waiting.iter().any(|(b, _)| b.id == *id)
+            })
+            .collect();
+        self.stuck.retain(|id| {
+            idle.iter().any(|(i, _)| i == id) || waiting.iter().any(|(b, _)| b.id == *id)
+        });
+        for (id, how_long) in &idle {
+            if self.stuck.insert(*id)
+                && let Some(build) = self.observer.build(*id)
             {
-                self.observer.stuck(&build, how_long);
+                self.observer.stuck(&build, *how_long);
             }
         }
-        if self.core.running_count() == 0 {
+        for (build, wait) in &waiting {
+            let waited = Duration::from_millis(now_ms().saturating_sub(wait.since_ms));
+            if waited >= after && self.stuck.insert(build.id) {
+                self.observer
+                    .stuck_waiting(build, waited, &wait.reason.to_string());
+            }
+        }
+        if self.core.running_count() == 0 && waiting.is_empty() {
             return wake;
         }
         // Look again a tenth of the threshold from now: a stall is noticed

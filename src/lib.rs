@@ -13,6 +13,7 @@
 //! Layout, in pipeline order: `watcher` (every file decision), `intake`,
 //! `store`, `state` (the build state machine), `scheduler`, `daemon` (the
 //! async shell around the scheduler), `worker`, `stages`, `policy`,
+//! `global_lock` (PatchKit's lock, shared with other publishers),
 //! `patchkit` (the API client); around them `config`, `template`, `archive`,
 //! `observe`, `control`, `systemd`, `metrics`, `webhook`, `logging`,
 //! `dispose`, `check`, `clock`, `crashpoint`; `sandbox` (a strict PatchKit
@@ -29,6 +30,7 @@ pub mod crashpoint;
 pub mod daemon;
 pub mod demo;
 pub mod dispose;
+pub mod global_lock;
 pub mod intake;
 pub mod logging;
 pub mod metrics;

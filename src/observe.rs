@@ -363,6 +363,20 @@ impl Observer {
         );
     }
 
+    /// Tells subscribers a build has waited for another publisher for
+    /// `waited` (`what` says for what).
+    pub fn stuck_waiting(&self, build: &Build, waited: Duration, what: &str) {
+        let text = format!(
+            "{what} for {}",
+            humantime::format_duration(Duration::from_secs(waited.as_secs()))
+        );
+        tracing::warn!(
+            build = %build.id, rule = %build.rule, label = %build.label,
+            "{text}; another publisher (pkt, another daemon, a person) holds the app"
+        );
+        self.emit(EventKind::Stuck, build, Some(text));
+    }
+
     /// The counters now.
     pub fn counters(&self) -> Counters {
         let mut counters = self.inner.counters.lock().expect("observer lock").clone();

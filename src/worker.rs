@@ -11,8 +11,10 @@ use crate::clock::now_ms;
 
 use crate::patchkit::RetryPolicy;
 use crate::policy::{Decision, decide};
+use crate::stages::coordinate::{Gate, gate, needs_lock};
 use crate::stages::{StageCtx, StepError, step};
 use crate::store::{Build, BuildId, StoreError};
+use tokio_util::sync::CancellationToken;
 
 /// How a worker ended.
 #[derive(Debug)]
@@ -31,20 +33,47 @@ pub enum WorkerEnd {
 }
 
 /// Runs `build` until it finishes or must wait. `key_retry` is the pause
-/// after a refused key.
+/// after a refused key. A finished build's hold on PatchKit's global lock
+/// is let go.
 pub async fn drive(
     ctx: StageCtx,
+    build: Build,
+    retry: RetryPolicy,
+    key_retry: Duration,
+) -> WorkerEnd {
+    let end = drive_steps(&ctx, build, retry, key_retry).await;
+    if let WorkerEnd::Finished(build) = &end
+        && let Ok(record) = ctx.store.coordination(build.id)
+        && let Some(owner) = &record.owner
+    {
+        ctx.lock.release(&build.app_secret, owner);
+    }
+    end
+}
+
+async fn drive_steps(
+    ctx: &StageCtx,
     mut build: Build,
     retry: RetryPolicy,
     key_retry: Duration,
 ) -> WorkerEnd {
+    let ctx = ctx.clone();
     let id = build.id;
     loop {
         if build.state.is_terminal() {
             return WorkerEnd::Finished(build);
         }
         let before = build.state.clone();
-        let err = match step(&ctx, &build).await {
+        let outcome = if needs_lock(&build.state) {
+            match gate(&ctx, &build).await {
+                Ok(Gate::Go(lost)) => step_holding(&ctx, &build, lost).await,
+                Ok(Gate::Wait(waiting)) => return WorkerEnd::Retry(waiting),
+                Err(e) => Err(e),
+            }
+        } else {
+            step(&ctx, &build).await
+        };
+        let err = match outcome {
             Ok(next) => {
                 build = next;
                 if build.attempts > 0 && build.state != before {
@@ -53,6 +82,16 @@ pub async fn drive(
                         Err(e) => return WorkerEnd::StoreFailed(id, e),
                     }
                 }
+                continue;
+            }
+            // The lock was lost mid-step: the step stopped at a safe point;
+            // queue for the lock again.
+            Err(StepError::Cancelled) if !ctx.cancel.is_cancelled() => {
+                build = match ctx.store.get(id) {
+                    Ok(Some(latest)) => latest,
+                    Ok(None) => return WorkerEnd::StoreFailed(id, StoreError::NotFound { id }),
+                    Err(e) => return WorkerEnd::StoreFailed(id, e),
+                };
                 continue;
             }
             Err(err) => err,
@@ -120,6 +159,28 @@ pub async fn drive(
         };
         return result.unwrap_or_else(|e| WorkerEnd::StoreFailed(id, e));
     }
+}
+
+/// Runs one step while holding PatchKit's lock: when `lost` fires, the step
+/// is asked to stop at its next safe point, as on shutdown.
+async fn step_holding(
+    ctx: &StageCtx,
+    build: &Build,
+    lost: Option<CancellationToken>,
+) -> Result<Build, StepError> {
+    let Some(lost) = lost else {
+        return step(ctx, build).await;
+    };
+    let mut held = ctx.clone();
+    held.cancel = ctx.cancel.child_token();
+    let stop = held.cancel.clone();
+    let watch = tokio::spawn(async move {
+        lost.cancelled().await;
+        stop.cancel();
+    });
+    let result = step(&held, build).await;
+    watch.abort();
+    result
 }
 
 /// The error class a retry is counted under in metrics.

@@ -127,6 +127,11 @@ pub struct PatchkitSettings {
     /// How long one request keeps retrying before its error is returned to
     /// the caller; `None` retries without end.
     pub retry_give_up: Option<Duration>,
+    /// Whether builds take PatchKit's global lock on their app, as
+    /// PatchKit's own tools do, so other publishers cannot collide with them.
+    pub global_lock: bool,
+    /// How often a held lock is refreshed and a denied one asked for again.
+    pub lock_refresh: Duration,
 }
 
 impl PatchkitSettings {
@@ -448,12 +453,30 @@ impl<'s> Validator<'s> {
             && base > cap
         {
             self.problems.at(
-                base_span.or(section).unwrap_or(0..0),
+                base_span.or(section.clone()).unwrap_or(0..0),
                 "[patchkit]: retry_base is larger than retry_cap; the cap must be at least the \
                  first delay",
             );
         }
+        let lock_span = raw.lock_refresh.as_ref().map(Spanned::span);
+        let lock_refresh = self.duration(
+            raw.lock_refresh,
+            "[patchkit] lock_refresh",
+            "30s",
+            Zero::Refused,
+        );
+        if let Some(refresh) = lock_refresh
+            && !(Duration::from_secs(1)..=Duration::from_secs(60)).contains(&refresh)
+        {
+            self.problems.at(
+                lock_span.or(section).unwrap_or(0..0),
+                "[patchkit] lock_refresh: must be between 1s and 60s; PatchKit drops a lock \
+                 owner that stops asking for about a minute, and its own tools ask every 30s",
+            );
+        }
         Some(PatchkitSettings {
+            global_lock: raw.global_lock.map_or(true, Spanned::into_inner),
+            lock_refresh: lock_refresh?,
             api_url: api_url?,
             upload_url: upload_url?,
             key_source: key_source?,

@@ -22,6 +22,8 @@ pub struct RawPatchkit {
     pub retry_base: Option<Spanned<String>>,
     pub retry_cap: Option<Spanned<String>>,
     pub retry_give_up: Option<Spanned<String>>,
+    pub global_lock: Option<Spanned<bool>>,
+    pub lock_refresh: Option<Spanned<String>>,
 }
 
 /// `[daemon]`: how the daemon runs.

@@ -16,7 +16,8 @@ use super::error::{ApiError, BuildError, Endpoint};
 use super::key::ApiKey;
 use super::retry::RetryPolicy;
 use super::types::{
-    App, AppVersion, CreatedUpload, Job, JobGuid, StartedJob, UploadId, VersionPatch,
+    App, AppVersion, CreatedUpload, Job, JobGuid, LinkStarted, LockAnswer, StartedJob, UploadId,
+    VersionPatch,
 };
 
 /// PatchKit's API host, for every endpoint but chunks.
@@ -264,6 +265,36 @@ impl Client {
             "publish",
         ]);
         self.call(Endpoint::Publish, url, None).await.map(drop)
+    }
+
+    /// `POST /1/apps/{channel}/versions/{id}/link`: the channel's draft
+    /// `version_id` takes the content of version `source_version_id` of the
+    /// group app `source_secret`. Not retried, like `content_file`.
+    pub async fn link_version(
+        &self,
+        channel: &str,
+        version_id: u64,
+        source_secret: &str,
+        source_version_id: u64,
+    ) -> Result<JobGuid, ApiError> {
+        let url = self.api(&["apps", channel, "versions", &version_id.to_string(), "link"]);
+        let form = vec![
+            ("source_app_secret", source_secret.to_owned()),
+            ("source_app_version_id", source_version_id.to_string()),
+        ];
+        let started: LinkStarted = self.json(Endpoint::LinkVersion, url, Some(form)).await?;
+        Ok(started.job_guid)
+    }
+
+    /// `POST /1/global_locks/acquire`: joins `resource`'s queue as `owner`,
+    /// or keeps the place (asking again is how the lock is refreshed).
+    pub async fn acquire_lock(&self, resource: &str, owner: &str) -> Result<LockAnswer, ApiError> {
+        let url = self.api(&["global_locks", "acquire"]);
+        let form = vec![
+            ("resource", resource.to_owned()),
+            ("owner", owner.to_owned()),
+        ];
+        self.json(Endpoint::AcquireLock, url, Some(form)).await
     }
 
     /// A URL on the API host: `api_url` + `/1/` + the segments, each

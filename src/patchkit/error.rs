@@ -48,6 +48,10 @@ pub enum Endpoint {
     GetJob,
     /// `POST /1/apps/{secret}/versions/{id}/publish`
     Publish,
+    /// `POST /1/apps/{channel}/versions/{id}/link`
+    LinkVersion,
+    /// `POST /1/global_locks/acquire`
+    AcquireLock,
 }
 
 impl Endpoint {
@@ -64,7 +68,9 @@ impl Endpoint {
             | Endpoint::CreateVersion
             | Endpoint::CreateUpload
             | Endpoint::UploadChunk
-            | Endpoint::Publish => Method::POST,
+            | Endpoint::Publish
+            | Endpoint::LinkVersion
+            | Endpoint::AcquireLock => Method::POST,
             Endpoint::PatchVersion => Method::PATCH,
             Endpoint::StartProcessing => Method::PUT,
         }
@@ -83,6 +89,8 @@ impl Endpoint {
             Endpoint::StartProcessing => "/1/apps/{secret}/versions/{id}/content_file",
             Endpoint::GetJob => "/1/background_jobs/{guid}",
             Endpoint::Publish => "/1/apps/{secret}/versions/{id}/publish",
+            Endpoint::LinkVersion => "/1/apps/{secret}/versions/{id}/link",
+            Endpoint::AcquireLock => "/1/global_locks/acquire",
         }
     }
 
@@ -103,11 +111,13 @@ impl Endpoint {
             | Endpoint::GetJob
             | Endpoint::PatchVersion
             | Endpoint::CreateUpload
-            | Endpoint::UploadChunk => true,
+            | Endpoint::UploadChunk
+            | Endpoint::AcquireLock => true,
             Endpoint::CreateApp
             | Endpoint::CreateVersion
             | Endpoint::StartProcessing
-            | Endpoint::Publish => false,
+            | Endpoint::Publish
+            | Endpoint::LinkVersion => false,
         }
     }
 }

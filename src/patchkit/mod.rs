@@ -40,7 +40,7 @@ pub use error::{ApiError, BoxError, BuildError, Endpoint, ErrorKind};
 pub use key::ApiKey;
 pub use retry::{Backoff, RetryPolicy};
 pub use types::{
-    App, AppVersion, Job, JobGuid, MissingKey, ParentGroup, ProcessingMessage, PublishState,
-    Severity, UploadId, VersionPatch,
+    App, AppVersion, Job, JobGuid, LockAnswer, MissingKey, ParentGroup, ProcessingMessage,
+    PublishState, Severity, UploadId, VersionPatch,
 };
 pub use upload::{AckFn, AckSink, UploadError, UploadRequest, md5_hex};

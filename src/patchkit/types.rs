@@ -431,6 +431,32 @@ pub(crate) struct StartedJob {
     pub job_guid: JobGuid,
 }
 
+/// Body of `POST .../link`.
+#[derive(Debug, Deserialize)]
+pub(crate) struct LinkStarted {
+    /// The job that copies the group version's content.
+    pub job_guid: JobGuid,
+}
+
+/// The answer of `POST /1/global_locks/acquire` (always 200).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct LockAnswer {
+    /// `allow` grants the lock; anything else (`deny`, `wait`) means wait.
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub status: String,
+    /// Owners ahead of this one plus one, or 0 for the holder; absent on
+    /// some answers.
+    #[serde(default)]
+    pub queue_position: Option<u64>,
+}
+
+impl LockAnswer {
+    /// Whether the lock is granted. Only an explicit `allow` grants it.
+    pub fn allowed(&self) -> bool {
+        self.status == "allow"
+    }
+}
+
 /// An error body: `{"message": ..., "symbol": ...}`, either may be missing.
 #[derive(Debug, Default, Deserialize)]
 pub(crate) struct ErrorBody {

@@ -187,6 +187,8 @@ pub(crate) fn routes() -> Router<Arc<Shared>> {
             "/1/apps/{secret}/versions/{id}/publish",
             post(publish).put(publish),
         )
+        .route("/1/apps/{secret}/versions/{id}/link", post(link_version))
+        .route("/1/global_locks/acquire", post(acquire_lock))
         .route("/1/uploads", post(create_upload))
         .route("/1/background_jobs/{guid}", get(get_job))
 }
@@ -573,16 +575,29 @@ async fn content_file(
     // Checked again: another request may have started a job meanwhile.
     let checked = check_content_file(&mut guard, &caller, &secret, &id, upload_id);
     refusal(&guard, checked)?;
-    let state = &mut *guard;
+    let guid = start_job(&mut guard, &secret, &id, Some(upload_id), analysis)?;
+    Ok(Json(json!({ "job_guid": guid })))
+}
+
+/// Starts processing `analysis` as the new content of draft `id` of app
+/// `secret` (already checked by the caller): a job that settles with the
+/// clock, its outcome decided now by the outcome rules.
+fn start_job(
+    state: &mut super::state::State,
+    secret: &str,
+    id: &str,
+    upload_id: Option<u64>,
+    analysis: archive::Analysis,
+) -> Result<String, ApiError> {
     let duration = state.job_duration;
     let queue = if state.has(Variant::LazyTimestamps) {
         duration / 2
     } else {
         std::time::Duration::ZERO
     };
-    let app = state.apps.get_mut(&secret).expect("checked above");
-    let version = find_version(&mut app.versions, &id, &secret)?;
-    let outcome = super::config::rule_for(&state.outcomes, &secret, &version.label).processing;
+    let app = state.apps.get_mut(secret).expect("checked by the caller");
+    let version = find_version(&mut app.versions, id, secret)?;
+    let outcome = super::config::rule_for(&state.outcomes, secret, &version.label).processing;
     let guid = uuid_like();
     let started = Instant::now();
     let started_wall = SystemTime::now();
@@ -598,7 +613,7 @@ async fn content_file(
         } => (Some(*started_wall), Some(*finished_wall)),
         _ => (None, None),
     };
-    version.upload_id = Some(upload_id);
+    version.upload_id = upload_id;
     version.content = None;
     if matches!(version.publish, Publish::Refused) {
         version.publish = Publish::None;
@@ -623,7 +638,96 @@ async fn content_file(
             failure,
         },
     );
+    Ok(guid)
+}
+
+/// `POST /1/apps/{channel}/versions/{id}/link`: gives a channel's draft the
+/// content of a published version of its group app, through a job like
+/// `content_file`'s.
+async fn link_version(
+    State(shared): State<Arc<Shared>>,
+    Extension(caller): Extension<Caller>,
+    Path((secret, id)): Path<(String, String)>,
+    form: FormData,
+) -> Result<Json<Value>, ApiError> {
+    let source = form.required("source_app_secret")?.to_owned();
+    let raw = form.required("source_app_version_id")?;
+    let source_id: u64 = raw.parse().map_err(|_| {
+        ApiError::bad_request(
+            "bad_parameter",
+            format!("source_app_version_id must be an integer, got {raw:?}"),
+        )
+    })?;
+    let mut guard = shared.lock();
+    let state = &mut *guard;
+    let app = owned_app(&mut state.apps, &caller, &secret)?;
+    if !app.is_channel || app.parent_group.as_ref().map(|(s, _)| s) != Some(&source) {
+        return Err(ApiError::bad_request(
+            "not_a_channel",
+            format!("app {secret} is not a channel of app {source}"),
+        ));
+    }
+    let version = find_version(&mut app.versions, &id, &secret)?;
+    if !version.is_draft() {
+        return Err(ApiError::forbidden(
+            "not_draft",
+            format!("version {} is not a draft", version.id),
+        ));
+    }
+    if version.is_running() || version.is_pending() {
+        return Err(ApiError::bad_request(
+            "job_running",
+            format!("version {} is being processed or published", version.id),
+        ));
+    }
+    let group = state
+        .apps
+        .get(&source)
+        .ok_or_else(|| ApiError::not_found(format!("app {source} not found")))?;
+    let content = group
+        .versions
+        .iter()
+        .find(|v| v.id == source_id)
+        .filter(|v| !v.is_draft())
+        .and_then(|v| v.content.clone())
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                "bad_source_version",
+                format!("version {source_id} of app {source} is not published"),
+            )
+        })?;
+    let analysis = archive::Analysis {
+        sha256: content.0,
+        size: content.1,
+        errors: Vec::new(),
+    };
+    let guid = start_job(state, &secret, &id, None, analysis)?;
     Ok(Json(json!({ "job_guid": guid })))
+}
+
+/// `POST /1/global_locks/acquire`: always 200, `allow` for the owner at the
+/// head of the resource's queue, `deny` with the queue position otherwise.
+async fn acquire_lock(
+    State(shared): State<Arc<Shared>>,
+    Extension(caller): Extension<Caller>,
+    form: FormData,
+) -> Result<Json<Value>, ApiError> {
+    caller.require()?;
+    let resource = form.required("resource")?.to_owned();
+    let owner = form.required("owner")?.to_owned();
+    let mut state = shared.lock();
+    if state.has(Variant::NoGlobalLock) {
+        return Err(ApiError::not_found(
+            "no route for POST /1/global_locks/acquire on this host",
+        ));
+    }
+    let answer = state.locks.acquire(&resource, &owner, Instant::now());
+    Ok(Json(json!({
+        "status": if answer.allowed { "allow" } else { "deny" },
+        "queue_position": answer.position,
+        "resource": resource,
+        "owner": owner,
+    })))
 }
 
 async fn get_job(

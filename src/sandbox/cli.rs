@@ -63,6 +63,10 @@ pub struct SandboxArgs {
     /// group app is created too. The channel takes no direct uploads.
     #[arg(long = "channel-app", value_name = "CHANNEL=GROUP")]
     pub channel_apps: Vec<String>,
+    /// How long an owner of PatchKit's global lock keeps its place without
+    /// asking again.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "90s")]
+    pub lock_timeout: Duration,
 }
 
 /// Starts the sandbox, prints how to reach it and runs until `shutdown`.
@@ -80,6 +84,7 @@ pub async fn run(args: SandboxArgs, shutdown: CancellationToken) -> anyhow::Resu
     let mut config = SandboxConfig::new(args.api_key.clone())
         .job_duration(args.job_duration)
         .publish_duration(args.publish_duration)
+        .lock_timeout(args.lock_timeout)
         .faults(FaultConfig {
             seed: args.seed,
             fail_5xx: args.fail_5xx,

@@ -33,6 +33,9 @@ pub struct SandboxConfig {
     /// The variants in force: where PatchKit's documentation and its own
     /// tools leave an answer open, which plausible answer to give.
     pub variants: Vec<Variant>,
+    /// How long an owner of PatchKit's global lock keeps its place without
+    /// asking again.
+    pub lock_timeout: Duration,
 }
 
 /// A plausible answer of the real PatchKit where the sources are silent or
@@ -76,6 +79,9 @@ pub enum Variant {
     #[serde(rename = "forbidden-403")]
     #[value(name = "forbidden-403")]
     Forbidden403,
+    /// The server predates PatchKit's global lock: `POST
+    /// /1/global_locks/acquire` is a 404, as an unknown route.
+    NoGlobalLock,
     /// [`SandboxHandle::restart`](super::SandboxHandle::restart) forgets
     /// every draft version, upload and job, as a restore from backup would;
     /// published and scheduled versions stay. Without this variant a restart
@@ -85,12 +91,13 @@ pub enum Variant {
 
 impl Variant {
     /// Every variant, for tests that run under each.
-    pub const ALL: [Variant; 5] = [
+    pub const ALL: [Variant; 6] = [
         Variant::SwaggerKeys,
         Variant::LazyTimestamps,
         Variant::ContentFile404,
         Variant::Forbidden403,
         Variant::Forgetful,
+        Variant::NoGlobalLock,
     ];
 
     /// The name `--variant` takes.
@@ -101,6 +108,7 @@ impl Variant {
             Variant::ContentFile404 => "content-file-404",
             Variant::Forbidden403 => "forbidden-403",
             Variant::Forgetful => "forgetful",
+            Variant::NoGlobalLock => "no-global-lock",
         }
     }
 }
@@ -124,6 +132,7 @@ impl SandboxConfig {
             data_dir: None,
             max_chunk_bytes: DEFAULT_MAX_CHUNK_BYTES,
             variants: Vec::new(),
+            lock_timeout: super::locks::DEFAULT_LOCK_TIMEOUT,
         }
     }
 
@@ -149,6 +158,12 @@ impl SandboxConfig {
     {
         self.accounts
             .push((key.into(), apps.into_iter().map(Into::into).collect()));
+        self
+    }
+
+    /// Sets how long a lock owner keeps its place without asking again.
+    pub fn lock_timeout(mut self, d: Duration) -> Self {
+        self.lock_timeout = d;
         self
     }
 

@@ -27,6 +27,7 @@ pub mod cli;
 mod config;
 mod gate;
 mod inspect;
+mod locks;
 mod server;
 mod snapshot;
 mod state;
@@ -46,6 +47,7 @@ pub use config::{
     DEFAULT_MAX_CHUNK_BYTES, FaultConfig, OutcomeRule, ProcessingOutcome, PublishOutcome,
     SandboxConfig, Variant,
 };
+pub use locks::{DEFAULT_LOCK_TIMEOUT, LockInfo};
 pub use snapshot::{AppInfo, FaultCounts, Snapshot, UploadInfo, VersionInfo};
 
 use api::ApiError;
@@ -94,6 +96,7 @@ impl Sandbox {
             config.outcomes.clone(),
         );
         state.variants = config.variants.iter().copied().collect();
+        state.locks.timeout = config.lock_timeout;
         for (key, apps) in &config.accounts {
             state.accounts.insert(key.clone());
             for secret in apps {

@@ -25,6 +25,9 @@ pub struct Snapshot {
     pub key_in_url: u64,
     /// How often each fault fired.
     pub faults: FaultCounts,
+    /// PatchKit's global lock: every resource somebody queues for.
+    #[serde(default)]
+    pub locks: Vec<super::locks::LockInfo>,
 }
 
 /// How often each injected fault fired.

@@ -63,6 +63,8 @@ pub(crate) struct State {
     pub stats: Stats,
     /// The variants in force.
     pub variants: BTreeSet<Variant>,
+    /// PatchKit's global lock: one queue per resource.
+    pub locks: super::locks::Locks,
 }
 
 #[derive(Default)]
@@ -243,6 +245,7 @@ impl State {
             faults,
             stats: Stats::default(),
             variants: BTreeSet::new(),
+            locks: super::locks::Locks::new(super::locks::DEFAULT_LOCK_TIMEOUT),
         }
     }
 
@@ -265,6 +268,7 @@ impl State {
         }
         self.uploads.clear();
         self.jobs.clear();
+        self.locks.clear();
     }
 
     pub fn set_faults(&mut self, faults: FaultConfig) {
@@ -370,6 +374,7 @@ impl State {
             key_in_header: self.stats.key_in_header,
             key_in_url: self.stats.key_in_url,
             faults: self.stats.faults.clone(),
+            locks: self.locks.info(),
         }
     }
 

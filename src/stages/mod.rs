@@ -12,6 +12,7 @@
 //! Stages know the client, the store and the rule; they know nothing about
 //! workers, scheduling or the watcher.
 
+pub mod coordinate;
 mod create_version;
 pub mod draft;
 mod process;
@@ -54,6 +55,8 @@ pub struct StageCtx {
     pub cancel: CancellationToken,
     /// Where progress and state changes are reported.
     pub observer: Observer,
+    /// PatchKit's global lock, shared by every build.
+    pub lock: crate::global_lock::GlobalLock,
 }
 
 impl StageCtx {

@@ -76,6 +76,7 @@
 //! [`StoreError::UnsupportedSchema`] instead of being skipped.
 
 mod build;
+pub mod coordination;
 mod fault;
 pub mod record;
 pub mod watermark;
@@ -91,6 +92,7 @@ use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 
 pub use build::{Build, BuildId, Enqueued, NewBuild, ParseBuildIdError};
+pub use coordination::{ChannelProgress, ChannelStep, Coordination, Wait, WaitReason};
 
 use crate::state::{BuildState, FileIdentity};
 use record::{CURRENT_VERSION, decode_build, encode_build};
@@ -103,6 +105,8 @@ const CACHE_CAPACITY: u64 = 8 * 1024 * 1024;
 const SCHEMA_VERSION_KEY: &[u8] = b"schema_version";
 const SEQ_PREFIX: &[u8] = b"seq/";
 const DISPOSED_PREFIX: &[u8] = b"disposed/";
+/// Prefix of the coordination records in `meta` (`coordination/<build id>`).
+const COORDINATION_PREFIX: &[u8] = b"coordination/";
 const WRITES_KEY: &[u8] = b"progress/writes";
 const BUILD_ID_KEY: &[u8] = b"progress/build_id";
 const PUBLISHED_KEY: &[u8] = b"progress/published";
@@ -925,6 +929,18 @@ impl Store {
         .await
     }
 
+    /// Sets when the build runs again without counting a failed try: a wait
+    /// for another publisher, not an error.
+    pub async fn wait_until(
+        &self,
+        id: BuildId,
+        expected: &BuildState,
+        at: u64,
+    ) -> Result<Build, StoreError> {
+        self.update(id, expected, |b| b.next_attempt_at = Some(at))
+            .await
+    }
+
     /// Resets the attempt count, last error and retry time, e.g. after a step
     /// succeeded or on an operator's retry.
     pub async fn clear_attempts(
@@ -1199,6 +1215,9 @@ impl Store {
                 let mut disposed = DISPOSED_PREFIX.to_vec();
                 disposed.extend_from_slice(&key);
                 inner.meta.remove(disposed).map_err(|e| self.sled(e))?;
+                let mut coordination = COORDINATION_PREFIX.to_vec();
+                coordination.extend_from_slice(&key);
+                inner.meta.remove(coordination).map_err(|e| self.sled(e))?;
             }
         }
         Ok(pruned)
@@ -1230,6 +1249,43 @@ impl Store {
             .map_err(|e| self.sled(e))?
             .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
             .is_some_and(|v| u64::from_be_bytes(v) == updated_at))
+    }
+
+    /// The coordination record of build `id` (empty when none was written).
+    pub fn coordination(&self, id: BuildId) -> Result<Coordination, StoreError> {
+        let mut key = COORDINATION_PREFIX.to_vec();
+        key.extend_from_slice(&id.to_key());
+        match self.inner.meta.get(key).map_err(|e| self.sled(e))? {
+            None => Ok(Coordination::default()),
+            Some(raw) => serde_json::from_slice(&raw).map_err(|e| StoreError::Corrupt {
+                key: format!("coordination of {}", self.record_key(id)),
+                reason: e.to_string(),
+            }),
+        }
+    }
+
+    /// Replaces the coordination record of build `id` and waits until it is
+    /// on disk: it is written before the side effect it announces.
+    pub async fn set_coordination(
+        &self,
+        id: BuildId,
+        record: &Coordination,
+    ) -> Result<(), StoreError> {
+        let mut key = COORDINATION_PREFIX.to_vec();
+        key.extend_from_slice(&id.to_key());
+        let bytes = serde_json::to_vec(record).map_err(|e| StoreError::Corrupt {
+            key: format!("coordination of {}", self.record_key(id)),
+            reason: e.to_string(),
+        })?;
+        self.inner
+            .meta
+            .insert(key, bytes)
+            .map_err(|e| self.sled(e))?;
+        self.flush().await?;
+        if let Some(build) = self.get(id)? {
+            self.announce(&build);
+        }
+        Ok(())
     }
 
     /// Waits until every write so far is on disk.

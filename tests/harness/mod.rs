@@ -1112,3 +1112,92 @@ impl Watching {
         }
     }
 }
+
+/// Another daemon of the same scenario: its own config, state directory and
+/// drop folder, publishing to the same sandbox and apps, as a second build
+/// server would.
+pub struct Peer {
+    /// Its config file.
+    pub config: PathBuf,
+    /// Its drop folder for app `0`.
+    pub folder: PathBuf,
+    /// Its state directory.
+    pub state: PathBuf,
+    logs: PathBuf,
+    runs: AtomicUsize,
+}
+
+impl Scenario {
+    /// A second daemon named `name` for app 0, with a config copied from this
+    /// one (same sandbox, key and timings) and its own state and folder.
+    pub fn peer(&self, name: &str) -> Peer {
+        let root = self.dir.path().join(name);
+        let state = root.join("state");
+        let folder = root.join("drops");
+        std::fs::create_dir_all(&folder).unwrap();
+        let text = std::fs::read_to_string(&self.config).unwrap();
+        let mine_state = self.state_dir();
+        let mine_folder = self.dir.path().join("drops").join(app(0));
+        let text = text
+            .replace(
+                &format!("\"{}\"", mine_state.display()),
+                &format!("\"{}\"", state.display()),
+            )
+            .replace(
+                &format!("\"{}\"", mine_folder.display()),
+                &format!("\"{}\"", folder.display()),
+            );
+        let config = root.join("config.toml");
+        std::fs::write(&config, text).unwrap();
+        Peer {
+            config,
+            folder,
+            state,
+            logs: root,
+            runs: AtomicUsize::new(0),
+        }
+    }
+}
+
+impl Peer {
+    /// Starts the real binary watching on this peer's config.
+    pub fn spawn(&self) -> Daemon {
+        let n = self.runs.fetch_add(1, Ordering::SeqCst);
+        let log = self.logs.join(format!("daemon-{n}.log"));
+        let child = Command::new(env!("CARGO_BIN_EXE_patchkit-autopublish"))
+            .arg("run")
+            .arg("--config")
+            .arg(&self.config)
+            .env_remove(patchkit_autopublish::crashpoint::ENV)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        Daemon { child, log }
+    }
+
+    /// Drops a ZIP labelled `label` into this peer's folder.
+    pub fn drop_zip(&self, label: &str, payload: u64) -> Dropped {
+        let path = self.folder.join(format!("{label}.zip"));
+        let sha256 = write_zip(&path, label, payload);
+        Dropped {
+            app: app(0),
+            path,
+            label: label.to_owned(),
+            sha256,
+        }
+    }
+
+    /// `status --json --all` of this peer, parsed.
+    pub fn status_rows(&self) -> Vec<serde_json::Value> {
+        let out = Command::new(env!("CARGO_BIN_EXE_patchkit-autopublish"))
+            .args(["status", "--json", "--all", "--config"])
+            .arg(&self.config)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "status: {out:?}");
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+}
