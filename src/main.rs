@@ -400,28 +400,11 @@ fn print_table(rows: &[BuildRow]) {
         s
     };
     let error = |r: &BuildRow| {
-        let mut text = r
-            .reason
+        r.reason
             .clone()
             .or_else(|| r.waiting.clone())
             .or_else(|| r.last_error.clone())
-            .unwrap_or_default();
-        if !r.channels.is_empty() {
-            let channels: Vec<String> = r
-                .channels
-                .iter()
-                .map(|c| match (c.version_id, &c.reason) {
-                    (_, Some(reason)) => format!("{} failed: {reason}", c.channel),
-                    (Some(v), None) => format!("{} {} v{v}", c.channel, c.step),
-                    (None, None) => format!("{} {}", c.channel, c.step),
-                })
-                .collect();
-            if !text.is_empty() {
-                text.push_str("; ");
-            }
-            text.push_str(&format!("channels: {}", channels.join(", ")));
-        }
-        text
+            .unwrap_or_default()
     };
     let table: Vec<[String; 8]> = rows
         .iter()
