@@ -1238,3 +1238,121 @@ async fn the_cli_runner_takes_variants_and_channel_apps() {
         .is_err()
     );
 }
+
+#[tokio::test]
+async fn a_channel_draft_links_a_published_group_version_through_a_job() {
+    let t = default().await;
+    t.sb.add_channel_app(KEY, "chan", APP, false);
+    let zip = stored_zip("game.exe", b"linked content");
+    let (group_version, guid) = t.upload_and_process("1.0", &zip).await;
+    t.wait_job(&guid).await;
+    let (s, _) = t
+        .form(
+            Method::POST,
+            "/1/apps/chan/versions",
+            &[("label", "1.0-beta")],
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED);
+    let link = |source: u64| {
+        let t = &t;
+        async move {
+            t.form(
+                Method::POST,
+                "/1/apps/chan/versions/1/link",
+                &[
+                    ("source_app_secret", APP),
+                    ("source_app_version_id", &source.to_string()),
+                ],
+            )
+            .await
+        }
+    };
+    // Only a published group version can be linked.
+    let (s, v) = link(group_version).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    assert_eq!(v["symbol"], "bad_source_version");
+    t.publish(group_version).await;
+    t.wait_publish_settled(group_version).await;
+    // An app that is not a channel of the group cannot link.
+    let (s, v) = t
+        .form(
+            Method::POST,
+            &format!("/1/apps/{APP}/versions/{group_version}/link"),
+            &[
+                ("source_app_secret", APP),
+                ("source_app_version_id", &group_version.to_string()),
+            ],
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    assert_eq!(v["symbol"], "not_a_channel");
+
+    let (s, v) = link(group_version).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    t.wait_job(v["job_guid"].as_str().unwrap()).await;
+    let (s, v) = t.get("/1/apps/chan/versions/1").await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(!v["processing_finished_at"].is_null(), "{v}");
+    let (s, v) = t
+        .form(Method::POST, "/1/apps/chan/versions/1/publish", &[])
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let snap = t.sb.snapshot();
+    let group = snap.version(APP, group_version).unwrap();
+    let channel = snap.version("chan", 1).unwrap();
+    assert_eq!(channel.content_sha256, group.content_sha256);
+}
+
+#[tokio::test]
+async fn the_global_lock_queues_owners_per_resource_and_forgets_quiet_ones() {
+    let t = start(
+        SandboxConfig::new(KEY)
+            .with_app(APP)
+            .lock_timeout(Duration::from_millis(300)),
+    )
+    .await;
+    let acquire = |owner: &'static str| {
+        let t = &t;
+        async move {
+            t.form(
+                Method::POST,
+                "/1/global_locks/acquire",
+                &[("resource", APP), ("owner", owner)],
+            )
+            .await
+        }
+    };
+    let (s, v) = acquire("a").await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(v["status"], "allow");
+    assert_eq!(v["resource"], APP);
+    assert_eq!(v["owner"], "a");
+    let (s, v) = acquire("b").await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(v["status"], "deny");
+    assert_eq!(v["queue_position"], 1);
+    let snap = t.sb.snapshot();
+    assert_eq!(snap.locks.len(), 1);
+    assert_eq!(snap.locks[0].owners, ["a", "b"]);
+    // Without a key the lock is not for anyone.
+    let resp = t
+        .http
+        .post(format!("{}/1/global_locks/acquire", t.sb.main_url()))
+        .form(&[("resource", APP), ("owner", "c")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    // a goes quiet; b keeps asking and gets it.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (_, v) = acquire("b").await;
+        if v["status"] == "allow" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "b never got the lock: {v}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(t.sb.snapshot().locks[0].owners, ["b"]);
+}
