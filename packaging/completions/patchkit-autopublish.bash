@@ -446,7 +446,7 @@ _patchkit__autopublish() {
             return 0
             ;;
         patchkit__autopublish__subcmd__sandbox)
-            opts="-h --bind --main-port --upload-port --api-key --app --job-duration --publish-duration --data-dir --seed --fail-5xx --drop --chunk-412 --latency --variant --channel-app --help"
+            opts="-h --bind --main-port --upload-port --api-key --app --job-duration --publish-duration --data-dir --seed --fail-5xx --drop --chunk-412 --latency --variant --channel-app --lock-timeout --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -505,10 +505,14 @@ _patchkit__autopublish() {
                     return 0
                     ;;
                 --variant)
-                    COMPREPLY=($(compgen -W "swagger-keys lazy-timestamps content-file-404 forbidden-403 forgetful" -- "${cur}"))
+                    COMPREPLY=($(compgen -W "swagger-keys lazy-timestamps content-file-404 forbidden-403 no-global-lock forgetful" -- "${cur}"))
                     return 0
                     ;;
                 --channel-app)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --lock-timeout)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

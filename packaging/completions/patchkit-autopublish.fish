@@ -62,8 +62,10 @@ complete -c patchkit-autopublish -n "__fish_patchkit_autopublish_using_subcomman
 lazy-timestamps\t'A processing job waits in a queue for half its duration before it starts; until then the version keeps the previous processing\'s `processing_started_at` and `processing_finished_at` (null for a first one). Only the app\'s `processing_version` shows the request'
 content-file-404\t'Every refusal of `content_file` (incomplete or unknown upload, a job already running, a version that is not a draft) is a 404 with wording of its own'
 forbidden-403\t'An unknown API key gets 403 instead of 401 on the version endpoints (`/1/apps/{secret}/versions...`), as the Swagger\'s "API key invalid or draft version already exists" allows'
+no-global-lock\t'The server predates PatchKit\'s global lock: `POST /1/global_locks/acquire` is a 404, as an unknown route'
 forgetful\t'[`SandboxHandle::restart`](super::SandboxHandle::restart) forgets every draft version, upload and job, as a restore from backup would; published and scheduled versions stay. Without this variant a restart keeps everything'"
 complete -c patchkit-autopublish -n "__fish_patchkit_autopublish_using_subcommand sandbox" -l channel-app -d 'A channel app owned by the key, as CHANNEL=GROUP (repeatable); the group app is created too. The channel takes no direct uploads' -r
+complete -c patchkit-autopublish -n "__fish_patchkit_autopublish_using_subcommand sandbox" -l lock-timeout -d 'How long an owner of PatchKit\'s global lock keeps its place without asking again' -r
 complete -c patchkit-autopublish -n "__fish_patchkit_autopublish_using_subcommand sandbox" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c patchkit-autopublish -n "__fish_patchkit_autopublish_using_subcommand demo" -l once -d 'Exit once the sample build is published (status 0) or failed (1)'
 complete -c patchkit-autopublish -n "__fish_patchkit_autopublish_using_subcommand demo" -s h -l help -d 'Print help (see more with \'--help\')'
