@@ -438,10 +438,20 @@ impl Daemon {
         let retry = self.retry_policy();
         let key_retry = self.config.daemon.auth_retry;
         let done = self.done_tx.clone();
-        tracing::info!(
-            build = %id, rule = %build.rule, label = %build.label,
-            state = %build.state.name(), "working on build"
-        );
+        // A build waiting for another publisher asks again every
+        // `lock_refresh`; only its wait's changes are worth a line.
+        let waiting = self
+            .store
+            .coordination(id)
+            .is_ok_and(|c| c.waiting.is_some());
+        if waiting {
+            tracing::debug!(build = %id, "asking again for what the build waits for");
+        } else {
+            tracing::info!(
+                build = %id, rule = %build.rule, label = %build.label,
+                state = %build.state.name(), "working on build"
+            );
+        }
         self.workers.insert(id, cancel);
         self.tracker.spawn(async move {
             let end = drive(ctx, build, retry, key_retry).await;
