@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use crate::clock::now_ms;
 use crate::observe::Observer;
 use crate::state::{BuildState, FileIdentity};
-use crate::store::{Build, BuildId, Coordination, ListFilter, Store, StoreError};
+use crate::store::{Build, BuildId, ChannelStep, Coordination, ListFilter, Store, StoreError};
 
 /// The socket's file name in the state directory.
 pub const SOCKET_NAME: &str = "control.sock";
@@ -200,6 +200,22 @@ pub struct BuildRow {
     /// How long it has waited so far, seconds.
     #[serde(default)]
     pub waiting_seconds: Option<u64>,
+    /// Each channel the rule feeds, and where it is.
+    #[serde(default)]
+    pub channels: Vec<ChannelRow>,
+}
+
+/// One channel of a build, as `status` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ChannelRow {
+    /// The channel as the rule names it.
+    pub channel: String,
+    /// Its step (`pending`, `linking`, `published`, `failed`, ...).
+    pub step: String,
+    /// The channel's version, once it has one.
+    pub version_id: Option<u64>,
+    /// Why it failed.
+    pub reason: Option<String>,
 }
 
 impl BuildRow {
@@ -264,15 +280,30 @@ impl BuildRow {
             file_mtime_ns: i64::try_from(build.identity.mtime_ns).unwrap_or(i64::MAX),
             waiting: None,
             waiting_seconds: None,
+            channels: Vec::new(),
         }
     }
 
-    /// Adds what the build's coordination record tells: its wait.
+    /// Adds what the build's coordination record tells: its wait and its
+    /// channels.
     pub fn with_coordination(mut self, record: &Coordination) -> BuildRow {
         if let Some(wait) = &record.waiting {
             self.waiting = Some(wait.reason.to_string());
             self.waiting_seconds = Some(now_ms().saturating_sub(wait.since_ms) / 1000);
         }
+        self.channels = record
+            .channels
+            .iter()
+            .map(|c| ChannelRow {
+                channel: c.channel.clone(),
+                step: c.step.name().to_owned(),
+                version_id: c.step.version_id(),
+                reason: match &c.step {
+                    ChannelStep::Failed { reason, .. } => Some(reason.clone()),
+                    _ => None,
+                },
+            })
+            .collect();
         self
     }
 }

@@ -433,6 +433,7 @@ impl Daemon {
             cancel: cancel.clone(),
             observer: self.observer.clone(),
             lock: self.lock.clone(),
+            channels: Vec::new(),
         }
         .with_rule(rule);
         let retry = self.retry_policy();
@@ -547,7 +548,7 @@ impl Daemon {
         if let Ok(record) = self.store.coordination(build.id)
             && let Some(owner) = &record.owner
         {
-            self.lock.release(&build.app_secret, owner);
+            self.lock.release_all(owner);
         }
         self.dispose(build).await;
         self.prune().await;

@@ -181,6 +181,18 @@ impl GlobalLock {
         }
     }
 
+    /// Every lock `owner` holds (its build's app and channels) is let go,
+    /// as with [`GlobalLock::release`].
+    pub fn release_all(&self, owner: &str) {
+        let mut state = self.state();
+        let now = std::time::Instant::now();
+        for hold in state.holds.values_mut() {
+            if hold.owner == owner && hold.released.is_none() {
+                hold.released = Some(now);
+            }
+        }
+    }
+
     /// The owner id of a lock on `app` this daemon still holds for a build
     /// that ended: the app's next build takes it over and so keeps the
     /// daemon's place.

@@ -400,11 +400,30 @@ fn print_table(rows: &[BuildRow]) {
         s
     };
     let error = |r: &BuildRow| {
-        r.reason
+        let mut text = r
+            .reason
             .clone()
             .or_else(|| r.waiting.clone())
             .or_else(|| r.last_error.clone())
-            .unwrap_or_default()
+            .unwrap_or_default();
+        // Channels not yet live are named; a failed one's reason is the
+        // build's reason already.
+        let open: Vec<String> = r
+            .channels
+            .iter()
+            .filter(|c| c.step != "published" && c.step != "failed")
+            .map(|c| match c.version_id {
+                Some(v) => format!("{} {} v{v}", c.channel, c.step),
+                None => format!("{} {}", c.channel, c.step),
+            })
+            .collect();
+        if !open.is_empty() {
+            if !text.is_empty() {
+                text.push_str("; ");
+            }
+            text.push_str(&format!("channels: {}", open.join(", ")));
+        }
+        text
     };
     let table: Vec<[String; 8]> = rows
         .iter()

@@ -53,7 +53,7 @@ pub fn decide(err: &StepError, attempts: u32, retry: &RetryPolicy) -> Decision {
         },
         StepError::Io(_) | StepError::Busy(_) => Decision::Retry(retry.delay(attempts, None)),
         StepError::Fail { reason, .. } => Decision::Fail(reason.clone()),
-        StepError::Store(_) | StepError::Cancelled => Decision::Stop,
+        StepError::Store(_) | StepError::Cancelled | StepError::Waiting(_) => Decision::Stop,
     }
 }
 

@@ -39,17 +39,20 @@ pub enum Stage {
     Check,
     /// Publishing the version and waiting for it to go live.
     Publish,
+    /// Feeding the rule's channel apps from the live group version.
+    Channels,
 }
 
 impl Stage {
     /// Every stage, in pipeline order.
-    pub const ALL: [Stage; 6] = [
+    pub const ALL: [Stage; 7] = [
         Stage::Validate,
         Stage::CreateVersion,
         Stage::Upload,
         Stage::Process,
         Stage::Check,
         Stage::Publish,
+        Stage::Channels,
     ];
 
     /// A short lowercase name for logs and status output.
@@ -61,6 +64,7 @@ impl Stage {
             Stage::Process => "process",
             Stage::Check => "check",
             Stage::Publish => "publish",
+            Stage::Channels => "channels",
         }
     }
 }
@@ -270,6 +274,17 @@ pub enum BuildState {
         /// Warning messages from processing.
         warnings: Vec<String>,
     },
+    /// The group version is live; the rule's channels are being fed from
+    /// it (their progress is in the build's coordination record).
+    Linking {
+        /// The group app's live version id.
+        version_id: u64,
+        /// When it went live, Unix seconds (0 when not known, after a
+        /// retry).
+        published_at: u64,
+        /// Warning messages from processing.
+        warnings: Vec<String>,
+    },
     /// The version is live. Terminal.
     Published {
         /// The PatchKit version id.
@@ -393,6 +408,7 @@ impl BuildState {
             BuildState::Processing { .. } => "processing",
             BuildState::Processed { .. } => "processed",
             BuildState::Publishing { .. } => "publishing",
+            BuildState::Linking { .. } => "linking",
             BuildState::Published { .. } => "published",
             BuildState::Scheduled { .. } => "scheduled",
             BuildState::Draft { .. } => "draft",
@@ -432,6 +448,7 @@ impl BuildState {
             BuildState::VersionReady { .. } | BuildState::Uploading { .. } => Stage::Upload,
             BuildState::Uploaded { .. } | BuildState::Processing { .. } => Stage::Process,
             BuildState::Processed { .. } => Stage::Publish,
+            BuildState::Linking { .. } => Stage::Channels,
             BuildState::Publishing { .. }
             | BuildState::Published { .. }
             | BuildState::Scheduled { .. }
@@ -450,6 +467,7 @@ impl BuildState {
             | BuildState::Processing { version_id, .. }
             | BuildState::Processed { version_id, .. }
             | BuildState::Publishing { version_id, .. }
+            | BuildState::Linking { version_id, .. }
             | BuildState::Published { version_id, .. }
             | BuildState::Scheduled { version_id, .. }
             | BuildState::Draft { version_id, .. } => Some(*version_id),
@@ -711,6 +729,40 @@ impl BuildState {
         }
     }
 
+    /// `Publishing -> Linking`: the group version is live since
+    /// `published_at`; the rule's channels are fed next.
+    pub fn linking(&self, published_at: u64) -> Next {
+        match self {
+            BuildState::Publishing {
+                version_id,
+                warnings,
+            } => Ok(BuildState::Linking {
+                version_id: *version_id,
+                published_at,
+                warnings: warnings.clone(),
+            }),
+            _ => Err(self.illegal("feed channels")),
+        }
+    }
+
+    /// `Linking -> Published`: every channel is live too. `published_at`
+    /// is the group version's time (the recorded one, or read again when a
+    /// retry lost it).
+    pub fn channels_published(&self, published_at: u64) -> Next {
+        match self {
+            BuildState::Linking {
+                version_id,
+                warnings,
+                ..
+            } => Ok(BuildState::Published {
+                version_id: *version_id,
+                published_at,
+                warnings: warnings.clone(),
+            }),
+            _ => Err(self.illegal("mark channels published")),
+        }
+    }
+
     /// `Publishing -> Scheduled`: PatchKit will publish at `publish_time`
     /// (Unix seconds).
     pub fn scheduled(&self, publish_time: u64) -> Next {
@@ -757,7 +809,11 @@ impl BuildState {
         })
     }
 
-    /// `Failed -> Queued | Validated | VersionReady`: start again.
+    /// `Failed -> Queued | Validated | VersionReady | Linking`: start again.
+    ///
+    /// A build that failed feeding its channels has a live group version:
+    /// it goes back to `Linking`, and only the channels not yet live are
+    /// fed again.
     ///
     /// A retried build always starts a fresh upload. With a known version it
     /// goes back to `VersionReady`, so the version is reused, not created
@@ -767,6 +823,16 @@ impl BuildState {
     /// first.
     pub fn retry(&self) -> Next {
         match self {
+            // The group version is live: only the channels are fed again.
+            BuildState::Failed {
+                stage: Stage::Channels,
+                version_id: Some(version_id),
+                ..
+            } => Ok(BuildState::Linking {
+                version_id: *version_id,
+                published_at: 0,
+                warnings: Vec::new(),
+            }),
             BuildState::Failed {
                 version_id: Some(version_id),
                 ..
@@ -821,6 +887,9 @@ impl fmt::Display for BuildState {
             | BuildState::Processed { version_id, .. }
             | BuildState::Publishing { version_id, .. }
             | BuildState::Draft { version_id, .. } => write!(f, "{} v{version_id}", self.name()),
+            BuildState::Linking { version_id, .. } => {
+                write!(f, "v{version_id} live; feeding channels")
+            }
             BuildState::Processing {
                 version_id,
                 job_guid,

@@ -46,7 +46,7 @@ pub async fn drive(
         && let Ok(record) = ctx.store.coordination(build.id)
         && let Some(owner) = &record.owner
     {
-        ctx.lock.release(&build.app_secret, owner);
+        ctx.lock.release_all(owner);
     }
     end
 }
@@ -67,7 +67,7 @@ async fn drive_steps(
         let outcome = if needs_lock(&build.state) {
             match gate(&ctx, &build).await {
                 Ok(Gate::Go(lost)) => step_holding(&ctx, &build, lost).await,
-                Ok(Gate::Wait(waiting)) => return WorkerEnd::Retry(waiting),
+                Ok(Gate::Wait(waiting)) => return WorkerEnd::Retry(*waiting),
                 Err(e) => Err(e),
             }
         } else {
@@ -84,6 +84,7 @@ async fn drive_steps(
                 }
                 continue;
             }
+            Err(StepError::Waiting(waiting)) => return WorkerEnd::Retry(*waiting),
             // The lock was lost mid-step: the step stopped at a safe point;
             // queue for the lock again.
             Err(StepError::Cancelled) if !ctx.cancel.is_cancelled() => {
@@ -198,7 +199,10 @@ fn error_class(err: &StepError) -> &'static str {
         },
         StepError::Io(_) => "io",
         StepError::Busy(_) => "busy",
-        StepError::Fail { .. } | StepError::Store(_) | StepError::Cancelled => "other",
+        StepError::Fail { .. }
+        | StepError::Store(_)
+        | StepError::Cancelled
+        | StepError::Waiting(_) => "other",
     }
 }
 

@@ -7,6 +7,8 @@
 #[macro_use]
 mod harness;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use harness::{Setup, Variant, app, until};
@@ -14,11 +16,16 @@ use patchkit_autopublish::global_lock::{Ensure, GlobalLock, resources};
 use tokio_util::sync::CancellationToken;
 
 /// Asks PatchKit's lock again and again as a person's `pkt` would, until
-/// `stop` fires.
-fn hold_as_a_person(client: patchkit_autopublish::patchkit::Client, stop: CancellationToken) {
+/// `stop` fires; counts its requests in `asked`.
+fn hold_as_a_person(
+    client: patchkit_autopublish::patchkit::Client,
+    stop: CancellationToken,
+    asked: Arc<AtomicU64>,
+) {
     tokio::spawn(async move {
         loop {
             for resource in resources(&app(0)) {
+                asked.fetch_add(1, Ordering::SeqCst);
                 let answer = client.acquire_lock(&resource, "person").await.unwrap();
                 assert!(answer.allowed(), "the person holds the lock: {answer:?}");
             }
@@ -45,7 +52,17 @@ async fn the_daemon_waits_for_a_person_holding_the_lock_then_publishes() {
         .await;
     set_lock_refresh(&s);
     let person = CancellationToken::new();
-    hold_as_a_person(s.client(), person.clone());
+    let asked = Arc::new(AtomicU64::new(0));
+    hold_as_a_person(s.client(), person.clone(), asked.clone());
+    // Acquire requests the daemon sent: all of them but the person's.
+    let daemon_asked = || -> u64 {
+        let all: u64 = s
+            .snapshot()
+            .requests
+            .get("POST /1/global_locks/acquire")
+            .map_or(0, |by_status| by_status.values().sum());
+        all - asked.load(Ordering::SeqCst).min(all)
+    };
     until("the person holds the lock", || {
         s.snapshot().locks.iter().any(|l| l.owners == ["person"])
     })
@@ -84,16 +101,14 @@ async fn the_daemon_waits_for_a_person_holding_the_lock_then_publishes() {
     // A restart keeps the wait and the place in the queue: the same owner
     // asks again, nobody new joins.
     daemon.stop().await;
+    let before = daemon_asked();
     let daemon = s.spawn(false, None);
     daemon.until_log("daemon running", 1).await;
     until("the restarted daemon asks again", || {
-        s.snapshot()
-            .requests
-            .get("POST /1/global_locks/acquire")
-            .is_some()
-            && waiting(&s.status_rows()).is_some()
+        daemon_asked() > before
     })
     .await;
+    assert!(waiting(&s.status_rows()).is_some());
     let queue = s
         .snapshot()
         .locks

@@ -475,7 +475,7 @@ impl<'s> Validator<'s> {
             );
         }
         Some(PatchkitSettings {
-            global_lock: raw.global_lock.map_or(true, Spanned::into_inner),
+            global_lock: raw.global_lock.is_none_or(Spanned::into_inner),
             lock_refresh: lock_refresh?,
             api_url: api_url?,
             upload_url: upload_url?,

@@ -68,6 +68,7 @@ pub struct RawRule {
     pub done_folder: Option<Spanned<String>>,
     pub on_failure: Option<Spanned<String>>,
     pub failed_folder: Option<Spanned<String>>,
+    pub channels: Option<Spanned<Vec<String>>>,
 }
 
 /// One `[[notify]]`: a webhook and the events it wants.

@@ -51,6 +51,9 @@ pub struct Rule {
     pub after_publish: AfterPublish,
     /// What happens to the file when its build fails.
     pub on_failure: OnFailure,
+    /// Channel apps of the group app (secrets or names) fed from each
+    /// published version, in this order.
+    pub channels: Vec<String>,
 }
 
 impl Rule {
@@ -310,6 +313,37 @@ impl Validator<'_> {
             }
         };
         let publish = raw.publish.map(|p| *p.get_ref()).unwrap_or(true);
+        let mut channels = Vec::new();
+        if let Some(list) = &raw.channels {
+            for name in list.get_ref() {
+                let name = name.trim();
+                if name.is_empty() {
+                    self.problems.at(
+                        list.span(),
+                        format!(
+                            "{ctx} channels: an empty name; list the channel apps' secrets or \
+                             names, such as [\"beta\"]"
+                        ),
+                    );
+                } else if channels.iter().any(|c| c == name) {
+                    self.problems.at(
+                        list.span(),
+                        format!("{ctx} channels: {name:?} is listed twice"),
+                    );
+                } else {
+                    channels.push(name.to_owned());
+                }
+            }
+            if !publish && !channels.is_empty() {
+                self.problems.at(
+                    list.span(),
+                    format!(
+                        "{ctx} channels: channels are fed from the published group version, \
+                         but this rule has publish = false; remove channels or publish"
+                    ),
+                );
+            }
+        }
         let existing_draft = match &raw.existing_draft {
             None => Some(ExistingDraft::Fail),
             Some(v) => match v.get_ref().as_str() {
@@ -411,6 +445,7 @@ impl Validator<'_> {
                 existing_draft: existing_draft?,
                 after_publish: after_publish?,
                 on_failure: on_failure?,
+                channels,
             },
             name_span,
         ))

@@ -22,42 +22,53 @@ pub enum Gate {
     /// Go on; the token, when there is one, fires if the lock is lost.
     Go(Option<CancellationToken>),
     /// Wait: the build as stored, with its next try time.
-    Wait(Build),
+    Wait(Box<Build>),
 }
 
-/// Whether a build in `state` needs the lock for its next step: from the
-/// draft lookup until its version is live.
+/// Whether a build in `state` needs its app's lock for its next step: from
+/// the draft lookup until its version is live. Feeding channels takes each
+/// channel's own lock instead.
 pub fn needs_lock(state: &BuildState) -> bool {
-    !matches!(state, BuildState::Queued) && !state.is_terminal()
+    !matches!(state, BuildState::Queued | BuildState::Linking { .. }) && !state.is_terminal()
 }
 
-/// Takes (or confirms) the lock for the build's next step.
+/// Takes (or confirms) the lock on the build's app for its next step.
 pub async fn gate(ctx: &StageCtx, build: &Build) -> Result<Gate, StepError> {
+    let busy_check = build.state.version_id().is_none();
+    gate_app(ctx, build, &build.app_secret, busy_check).await
+}
+
+/// Takes (or confirms) the lock on `app` (the build's app or one of its
+/// channels) for the build; with `busy_check`, also waits while `app`
+/// processes or publishes someone else's version.
+pub async fn gate_app(
+    ctx: &StageCtx,
+    build: &Build,
+    app: &str,
+    busy_check: bool,
+) -> Result<Gate, StepError> {
     let mut record = ctx.store.coordination(build.id)?;
     let owner = match &record.owner {
         Some(owner) => owner.clone(),
         None => {
             // The app's previous build here may have left its lock to take
             // over: then this build keeps the daemon's place.
-            let owner = ctx
-                .lock
-                .handover(&build.app_secret)
-                .unwrap_or_else(new_owner);
+            let owner = ctx.lock.handover(app).unwrap_or_else(new_owner);
             record.owner = Some(owner.clone());
             ctx.store.set_coordination(build.id, &record).await?;
             owner
         }
     };
-    let app = &build.app_secret;
     let (wait, lost) = match ctx.lock.ensure(&ctx.client, app, &owner).await? {
         Ensure::Wait { position } => (
             Some(WaitReason::Lock {
-                app: app.clone(),
+                app: app.to_owned(),
                 position,
             }),
             None,
         ),
-        Ensure::Held(lost) => (app_busy(ctx, build).await?, Some(lost)),
+        Ensure::Held(lost) if busy_check => (app_busy(ctx, app).await?, Some(lost)),
+        Ensure::Held(lost) => (None, Some(lost)),
         Ensure::Off => (None, None),
     };
     match wait {
@@ -85,7 +96,7 @@ pub async fn gate(ctx: &StageCtx, build: &Build) -> Result<Gate, StepError> {
             }
             let at = now_ms().saturating_add(millis(ctx.lock.refresh_interval()));
             let stored = ctx.store.wait_until(build.id, &build.state, at).await?;
-            Ok(Gate::Wait(stored))
+            Ok(Gate::Wait(Box::new(stored)))
         }
     }
 }
@@ -93,16 +104,13 @@ pub async fn gate(ctx: &StageCtx, build: &Build) -> Result<Gate, StepError> {
 /// With the lock held and no version of its own yet, the build waits while
 /// the app processes or publishes a version someone else sent (PatchKit's
 /// tools check this too: a version may have been sent without the lock).
-async fn app_busy(ctx: &StageCtx, build: &Build) -> Result<Option<WaitReason>, StepError> {
-    if build.state.version_id().is_some() {
-        return Ok(None);
-    }
-    let app = ctx.client.get_app(&build.app_secret).await?;
+async fn app_busy(ctx: &StageCtx, secret: &str) -> Result<Option<WaitReason>, StepError> {
+    let app = ctx.client.get_app(secret).await?;
     Ok(app
         .processing_version
         .or(app.publishing_version)
         .map(|version| WaitReason::AppBusy {
-            app: build.app_secret.clone(),
+            app: secret.to_owned(),
             version,
         }))
 }

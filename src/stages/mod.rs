@@ -12,6 +12,7 @@
 //! Stages know the client, the store and the rule; they know nothing about
 //! workers, scheduling or the watcher.
 
+mod channels;
 pub mod coordinate;
 mod create_version;
 pub mod draft;
@@ -57,6 +58,8 @@ pub struct StageCtx {
     pub observer: Observer,
     /// PatchKit's global lock, shared by every build.
     pub lock: crate::global_lock::GlobalLock,
+    /// The rule's channel apps, fed once the group version is live.
+    pub channels: Vec<String>,
 }
 
 impl StageCtx {
@@ -65,6 +68,7 @@ impl StageCtx {
         if let Some(rule) = rule {
             self.existing_draft = rule.existing_draft;
             self.rule_name = rule.name.clone();
+            self.channels = rule.channels.clone();
         }
         self
     }
@@ -97,6 +101,10 @@ pub enum StepError {
     /// Shutdown or cancel: stopped at a safe point.
     #[error("stopped")]
     Cancelled,
+    /// The build waits for another publisher (a channel's lock): the
+    /// build as stored, with its next try time. Not a failed try.
+    #[error("waiting for another publisher")]
+    Waiting(Box<Build>),
 }
 
 impl StepError {
@@ -157,6 +165,7 @@ async fn run_stage(ctx: &StageCtx, build: &Build) -> Result<Build, StepError> {
         BuildState::Processed { .. } | BuildState::Publishing { .. } => {
             publish::run(ctx, build).await
         }
+        BuildState::Linking { .. } => channels::run(ctx, build).await,
         BuildState::Published { .. }
         | BuildState::Scheduled { .. }
         | BuildState::Draft { .. }

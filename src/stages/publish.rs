@@ -61,10 +61,25 @@ async fn follow(ctx: &StageCtx, build: &Build) -> Result<Build, StepError> {
         match state {
             PublishState::Published => {
                 let at = u64::try_from(version.publish_date).unwrap_or(0);
+                if !ctx.channels.is_empty() {
+                    tracing::info!(
+                        build = %build.id, version = version_id,
+                        "published; feeding the channels {}", ctx.channels.join(", ")
+                    );
+                    return advance(ctx, build, build.state.linking(at)).await;
+                }
                 return advance(ctx, build, build.state.published(at)).await;
             }
             PublishState::Scheduled { at } => {
                 let at = u64::try_from(at).unwrap_or(0);
+                if !ctx.channels.is_empty() {
+                    tracing::warn!(
+                        build = %build.id, version = version_id,
+                        "the version is scheduled, not live, so its channels ({}) are not fed; \
+                         feed them with pkt once it is live",
+                        ctx.channels.join(", ")
+                    );
+                }
                 tracing::info!(
                     build = %build.id, version = version_id, publish_time = at,
                     "scheduled: PatchKit publishes it at the set time"

@@ -92,7 +92,7 @@ use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 
 pub use build::{Build, BuildId, Enqueued, NewBuild, ParseBuildIdError};
-pub use coordination::{Coordination, Wait, WaitReason};
+pub use coordination::{ChannelProgress, ChannelStep, Coordination, Wait, WaitReason};
 
 use crate::state::{BuildState, FileIdentity};
 use record::{CURRENT_VERSION, decode_build, encode_build};

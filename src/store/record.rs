@@ -11,6 +11,9 @@
 //! `decode_build`, bumping `CURRENT_VERSION`, and keeping the V1 fixtures
 //! under `tests/fixtures/store/` with their test.
 //!
+//! Version 3 adds the `linking` state and the `channels` stage (channel
+//! publishing).
+//!
 //! Version 2 only adds to version 1: the `creating_version` state (the
 //! intent to create a draft, recorded before the request) and
 //! `prior_finished_at` on `processing`. Both versions share these structs; a
@@ -27,7 +30,7 @@ use super::build::{Build, BuildId};
 use crate::state::{BuildState, FileIdentity, Stage};
 
 /// The record schema version this binary writes and the newest it reads.
-pub const CURRENT_VERSION: u64 = 2;
+pub const CURRENT_VERSION: u64 = 3;
 
 /// Encodes a build as its current stored form.
 ///
@@ -44,7 +47,7 @@ pub fn encode_build(build: &Build) -> Result<Vec<u8>, StoreError> {
 /// record in errors.
 pub fn decode_build(key: &str, bytes: &[u8]) -> Result<Build, StoreError> {
     match read_version(key, bytes)? {
-        1 | 2 => {
+        1..=CURRENT_VERSION => {
             let record: BuildRecordV1 =
                 serde_json::from_slice(bytes).map_err(|e| corrupt(key, e))?;
             Ok(Build::from(record))
@@ -147,6 +150,8 @@ pub enum StageV1 {
     Check,
     /// `Stage::Publish`.
     Publish,
+    /// `Stage::Channels`. Version 3.
+    Channels,
 }
 
 /// Version 1 of a stored build state, tagged by `"kind"`.
@@ -192,6 +197,12 @@ pub enum StateV1 {
     },
     Publishing {
         version_id: u64,
+        warnings: Vec<String>,
+    },
+    /// Version 3.
+    Linking {
+        version_id: u64,
+        published_at: u64,
         warnings: Vec<String>,
     },
     Published {
@@ -242,9 +253,19 @@ impl From<&Build> for BuildRecordV1 {
     }
 }
 
-/// The lowest record version that can hold `state`.
+/// The lowest record version that can hold `state`. Version 3 adds the
+/// `linking` state and the `channels` stage.
 fn schema_of(state: &BuildState) -> u64 {
     match state {
+        BuildState::Linking { .. }
+        | BuildState::Failed {
+            stage: Stage::Channels,
+            ..
+        }
+        | BuildState::Cancelled {
+            stage: Stage::Channels,
+            ..
+        } => 3,
         BuildState::CreatingVersion { .. }
         | BuildState::Processing {
             prior_finished_at: Some(_),
@@ -314,6 +335,7 @@ impl From<Stage> for StageV1 {
             Stage::Process => StageV1::Process,
             Stage::Check => StageV1::Check,
             Stage::Publish => StageV1::Publish,
+            Stage::Channels => StageV1::Channels,
         }
     }
 }
@@ -327,6 +349,7 @@ impl From<StageV1> for Stage {
             StageV1::Process => Stage::Process,
             StageV1::Check => Stage::Check,
             StageV1::Publish => Stage::Publish,
+            StageV1::Channels => Stage::Channels,
         }
     }
 }
@@ -427,6 +450,15 @@ impl From<&BuildState> for StateV1 {
                 stage: stage.into(),
                 version_id,
             },
+            BuildState::Linking {
+                version_id,
+                published_at,
+                warnings,
+            } => StateV1::Linking {
+                version_id,
+                published_at,
+                warnings,
+            },
         }
     }
 }
@@ -434,6 +466,15 @@ impl From<&BuildState> for StateV1 {
 impl From<StateV1> for BuildState {
     fn from(s: StateV1) -> BuildState {
         match s {
+            StateV1::Linking {
+                version_id,
+                published_at,
+                warnings,
+            } => BuildState::Linking {
+                version_id,
+                published_at,
+                warnings,
+            },
             StateV1::Queued => BuildState::Queued,
             StateV1::Validated => BuildState::Validated,
             StateV1::CreatingVersion { after_id } => BuildState::CreatingVersion { after_id },
@@ -621,10 +662,36 @@ mod tests {
 
     #[test]
     fn a_newer_schema_is_refused_by_name() {
-        let bytes = br#"{"v":3}"#;
+        let bytes = br#"{"v":4}"#;
         assert!(matches!(
             decode_build("k", bytes),
-            Err(StoreError::UnsupportedSchema { version: 3, .. })
+            Err(StoreError::UnsupportedSchema { version: 4, .. })
         ));
+    }
+
+    #[test]
+    fn channel_states_are_version_3_and_read_back() {
+        for state in [
+            BuildState::Linking {
+                version_id: 4,
+                published_at: 1_700_000_000,
+                warnings: vec!["w".into()],
+            },
+            BuildState::Failed {
+                stage: Stage::Channels,
+                reason: "channel beta could not be fed".into(),
+                attempts: 1,
+                version_id: Some(4),
+            },
+        ] {
+            let b = build(state);
+            let bytes = encode_build(&b).unwrap();
+            assert!(
+                bytes.starts_with(b"{\"v\":3,"),
+                "{}",
+                String::from_utf8_lossy(&bytes)
+            );
+            assert_eq!(decode_build("k", &bytes).unwrap(), b);
+        }
     }
 }

@@ -522,6 +522,11 @@ impl Scenario {
         self.sb.restart();
     }
 
+    /// The sandbox, to steer it (channel apps, outcomes) mid-scenario.
+    pub fn sandbox(&self) -> &SandboxHandle {
+        &self.sb
+    }
+
     /// The invariants after a crash and a restart, for one file on its own
     /// app: one version, published with the file's content; one version
     /// created; at most `max_uploads` uploads created; at most one chunk

@@ -1,0 +1,156 @@
+//! Channel publishing: a rule that names channels of its group app feeds
+//! each of them from the published group version (draft, link, job,
+//! publish), under every sandbox variant; a channel that fails fails the
+//! build in the `channels` stage with the group version live, and `retry`
+//! feeds only what is not live yet.
+
+#[macro_use]
+mod harness;
+
+use harness::{KEY, Setup, app, failure_reason};
+use patchkit_autopublish::sandbox::{OutcomeRule, ProcessingOutcome};
+use patchkit_autopublish::state::{BuildState, Stage};
+
+fn channel(n: &str) -> String {
+    format!("{}-{n}", app(0))
+}
+
+each_variant! {
+    /// Both channels get a published version with the group version's
+    /// content, labelled like the build, and the build ends published.
+    async fn every_channel_gets_the_published_group_version(variant) {
+        let s = Setup::new(1)
+            .variant(variant)
+            .rule(0, &format!("channels = [\"{}\", \"{}\"]", channel("beta"), channel("nightly")))
+            .start()
+            .await;
+        for n in ["beta", "nightly"] {
+            s.sandbox().add_channel_app(KEY, &channel(n), &app(0), false);
+        }
+        let file = s.drop_zip(0, "1.0.0", 30_000);
+        s.run_once().await;
+
+        let snap = s.snapshot();
+        let group = snap.versions(&app(0));
+        assert_eq!(group.len(), 1, "{group:#?}");
+        assert!(group[0].published);
+        assert_eq!(group[0].content_sha256.as_deref(), Some(file.sha256.as_str()));
+        for n in ["beta", "nightly"] {
+            let versions = snap.versions(&channel(n));
+            assert_eq!(versions.len(), 1, "{n}: {versions:#?}");
+            assert!(versions[0].published, "{n}: {versions:#?}");
+            assert_eq!(versions[0].label, "1.0.0");
+            assert_eq!(versions[0].content_sha256, group[0].content_sha256, "{n}");
+        }
+        let build = s.build_of(&file).await;
+        assert!(matches!(build.state, BuildState::Published { .. }), "{:?}", build.state);
+        let store = s.open_store().await;
+        let record = store.coordination(build.id).unwrap();
+        assert_eq!(record.channels.len(), 2);
+        assert!(record.channels.iter().all(|c| c.step.name() == "published"), "{record:?}");
+        drop(store);
+        let rows = s.status_rows();
+        let row = rows.iter().find(|r| r["label"] == "1.0.0").unwrap();
+        let channels = row["channels"].as_array().unwrap();
+        assert_eq!(channels.len(), 2, "{row:#?}");
+        assert!(channels.iter().all(|c| c["step"] == "published" && c["version_id"] == 1), "{row:#?}");
+    }
+}
+
+/// A channel whose processing reports an error fails the build in the
+/// `channels` stage, naming the channel, with the group version live and
+/// the other channel fed; after the cause is gone, `retry` feeds the failed
+/// channel and nothing else again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_channel_fails_the_build_and_retry_feeds_only_that_channel() {
+    let s = Setup::new(1)
+        .rule(
+            0,
+            &format!(
+                "channels = [\"{}\", \"{}\"]",
+                channel("beta"),
+                channel("nightly")
+            ),
+        )
+        .start()
+        .await;
+    for n in ["beta", "nightly"] {
+        s.sandbox()
+            .add_channel_app(KEY, &channel(n), &app(0), false);
+    }
+    s.sandbox()
+        .set_outcomes(vec![OutcomeRule::any().app(channel("nightly")).processing(
+            ProcessingOutcome::Error {
+                message: "missing executable".into(),
+            },
+        )]);
+    let file = s.drop_zip(0, "2.0.0", 30_000);
+    s.run_once().await;
+
+    let build = s.build_of(&file).await;
+    match &build.state {
+        BuildState::Failed { stage, .. } => assert_eq!(*stage, Stage::Channels),
+        other => panic!("failed in channels: {other:?}"),
+    }
+    let reason = failure_reason(&build).to_owned();
+    assert!(reason.contains(&channel("nightly")), "{reason}");
+    assert!(reason.contains("missing executable"), "{reason}");
+    assert!(reason.contains("is live"), "{reason}");
+    let snap = s.snapshot();
+    assert!(snap.versions(&app(0))[0].published);
+    assert!(snap.versions(&channel("beta"))[0].published);
+    assert!(!snap.versions(&channel("nightly"))[0].published);
+    let rows = s.status_rows();
+    let channels = rows[0]["channels"].as_array().unwrap().clone();
+    assert_eq!(channels[0]["step"], "published", "{channels:#?}");
+    assert_eq!(channels[1]["step"], "failed", "{channels:#?}");
+    assert!(
+        channels[1]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("missing executable")
+    );
+
+    s.sandbox().set_outcomes(Vec::new());
+    let out = s.cli(&["retry", &build.id.to_string()]);
+    assert!(out.status.success(), "{out:?}");
+    s.run_once().await;
+    let build = s.build_of(&file).await;
+    assert!(
+        matches!(build.state, BuildState::Published { published_at, .. } if published_at > 0),
+        "{:?}",
+        build.state
+    );
+    let snap = s.snapshot();
+    assert_eq!(snap.versions(&app(0)).len(), 1);
+    let beta = snap.versions(&channel("beta"));
+    assert_eq!(beta.len(), 1, "beta was not fed again: {beta:#?}");
+    let nightly = snap.versions(&channel("nightly"));
+    assert_eq!(nightly.len(), 1, "nightly's draft was reused: {nightly:#?}");
+    assert!(nightly[0].published);
+    let link_requests: u64 = snap
+        .requests
+        .get("POST /1/apps/{secret}/versions/{id}/link")
+        .map_or(0, |by_status| by_status.values().sum());
+    assert_eq!(
+        link_requests, 3,
+        "beta once, nightly twice: {:?}",
+        snap.requests
+    );
+}
+
+/// A channel the group app does not have is named, before anything is
+/// created on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_channel_is_named() {
+    let s = Setup::new(1)
+        .rule(0, "channels = [\"no-such-channel\"]")
+        .start()
+        .await;
+    let file = s.drop_zip(0, "3.0.0", 20_000);
+    s.run_once().await;
+    let build = s.build_of(&file).await;
+    let reason = failure_reason(&build);
+    assert!(reason.contains("\"no-such-channel\""), "{reason}");
+    assert!(reason.contains("rule-0"), "{reason}");
+}
