@@ -154,3 +154,46 @@ async fn an_unknown_channel_is_named() {
     assert!(reason.contains("\"no-such-channel\""), "{reason}");
     assert!(reason.contains("rule-0"), "{reason}");
 }
+
+mod config {
+    use std::path::Path;
+
+    use patchkit_autopublish::config::Config;
+
+    fn problems(text: &str) -> Vec<String> {
+        match Config::parse(text, Path::new("/etc/pka/config.toml")) {
+            Ok(_) => panic!("expected the config to be refused"),
+            Err(err) => err.problems().iter().map(|p| p.to_string()).collect(),
+        }
+    }
+
+    const RULE: &str = "[[rule]]\nname = \"game\"\nfolder = \"/srv/builds/game\"\napp_secret = \"abc123\"\n";
+
+    #[test]
+    fn channels_and_the_lock_have_documented_defaults_and_are_read() {
+        let config = Config::parse(RULE, Path::new("/etc/pka/config.toml")).unwrap();
+        assert!(config.patchkit.global_lock);
+        assert_eq!(config.patchkit.lock_refresh.as_secs(), 30);
+        assert!(config.rules[0].channels.is_empty());
+        let text = format!(
+            "[patchkit]\nglobal_lock = false\nlock_refresh = \"10s\"\n{RULE}channels = [\"beta\", \" nightly \"]\n"
+        );
+        let config = Config::parse(&text, Path::new("/etc/pka/config.toml")).unwrap();
+        assert!(!config.patchkit.global_lock);
+        assert_eq!(config.patchkit.lock_refresh.as_secs(), 10);
+        assert_eq!(config.rules[0].channels, ["beta", "nightly"]);
+    }
+
+    #[test]
+    fn bad_channel_lists_and_lock_refreshes_are_named() {
+        let found = problems(&format!(
+            "{RULE}channels = [\"beta\", \"\", \"beta\"]\npublish = false\n"
+        ));
+        let all = found.join("\n");
+        assert!(all.contains("channels: an empty name"), "{all}");
+        assert!(all.contains("\"beta\" is listed twice"), "{all}");
+        assert!(all.contains("publish = false"), "{all}");
+        let found = problems(&format!("[patchkit]\nlock_refresh = \"5m\"\n{RULE}"));
+        assert!(found[0].contains("lock_refresh: must be between 1s and 60s"), "{found:?}");
+    }
+}
