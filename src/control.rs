@@ -91,6 +91,14 @@ pub async fn retry_build(store: &Store, id: BuildId, force: bool) -> Result<Buil
             app: build.app_secret,
         });
     }
+    // The publish stage checks again when the build's turn comes: a newer
+    // build may go live while this one waits. `--force` is remembered for
+    // that check.
+    let mut record = store.coordination(id)?;
+    if record.force != force {
+        record.force = force;
+        store.set_coordination(id, &record).await?;
+    }
     let build = store.transition(id, &build.state, next).await?;
     Ok(store.clear_attempts(id, &build.state).await?)
 }
@@ -98,7 +106,7 @@ pub async fn retry_build(store: &Store, id: BuildId, force: bool) -> Result<Buil
 /// The newest live (published or scheduled) build of `build`'s app that
 /// arrived after it, if any. Arrival: the file's modification time, then
 /// the build id.
-fn newer_live(store: &Store, build: &Build) -> Result<Option<Build>, StoreError> {
+pub fn newer_live(store: &Store, build: &Build) -> Result<Option<Build>, StoreError> {
     let arrival = |b: &Build| (b.identity.mtime_ns, b.id);
     Ok(store
         .by_app(&build.app_secret)?
@@ -106,7 +114,9 @@ fn newer_live(store: &Store, build: &Build) -> Result<Option<Build>, StoreError>
         .filter(|b| {
             matches!(
                 b.state,
-                BuildState::Published { .. } | BuildState::Scheduled { .. }
+                BuildState::Published { .. }
+                    | BuildState::Scheduled { .. }
+                    | BuildState::Linking { .. }
             )
         })
         .filter(|b| arrival(b) > arrival(build))

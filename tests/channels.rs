@@ -167,7 +167,8 @@ mod config {
         }
     }
 
-    const RULE: &str = "[[rule]]\nname = \"game\"\nfolder = \"/srv/builds/game\"\napp_secret = \"abc123\"\n";
+    const RULE: &str =
+        "[[rule]]\nname = \"game\"\nfolder = \"/srv/builds/game\"\napp_secret = \"abc123\"\n";
 
     #[test]
     fn channels_and_the_lock_have_documented_defaults_and_are_read() {
@@ -194,6 +195,9 @@ mod config {
         assert!(all.contains("\"beta\" is listed twice"), "{all}");
         assert!(all.contains("publish = false"), "{all}");
         let found = problems(&format!("[patchkit]\nlock_refresh = \"5m\"\n{RULE}"));
-        assert!(found[0].contains("lock_refresh: must be between 1s and 60s"), "{found:?}");
+        assert!(
+            found[0].contains("lock_refresh: must be between 1s and 60s"),
+            "{found:?}"
+        );
     }
 }

@@ -29,12 +29,36 @@ pub(super) async fn run(ctx: &StageCtx, build: &Build) -> Result<Build, StepErro
             advance(ctx, build, build.state.kept_as_draft()).await
         }
         BuildState::Processed { .. } => {
+            refuse_rollback(ctx, build)?;
             let publishing = advance(ctx, build, build.state.publish_requested()).await?;
             follow(ctx, &publishing).await
         }
         BuildState::Publishing { .. } => follow(ctx, build).await,
         _ => Ok(build.clone()),
     }
+}
+
+/// A build whose app already has a newer build live (one retried while a
+/// newer one ran) is not published over it unless `retry --force` said so:
+/// that would roll the app back.
+fn refuse_rollback(ctx: &StageCtx, build: &Build) -> Result<(), StepError> {
+    if ctx.store.coordination(build.id)?.force {
+        return Ok(());
+    }
+    let Some(newer) = crate::control::newer_live(&ctx.store, build)? else {
+        return Ok(());
+    };
+    Err(StepError::fail(
+        Stage::Publish,
+        format!(
+            "build {} ({:?}) arrived after this one and is already live as version {} of app              {}: publishing this older build would make it the live one. The processed              version is left as a draft; run `patchkit-autopublish retry --force {}` to              publish it anyway",
+            newer.id,
+            newer.label,
+            newer.state.version_id().unwrap_or_default(),
+            build.app_secret,
+            build.id
+        ),
+    ))
 }
 
 /// Reads the version, sends `publish` if nothing is under way, and polls

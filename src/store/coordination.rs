@@ -30,6 +30,10 @@ pub struct Coordination {
     /// version is live.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub channels: Vec<ChannelProgress>,
+    /// Publish even when a build of the app that arrived later is already
+    /// live (`retry --force`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub force: bool,
 }
 
 fn one() -> u64 {
