@@ -51,6 +51,7 @@ async fn the_daemon_waits_for_a_person_holding_the_lock_then_publishes() {
         .start()
         .await;
     set_lock_refresh(&s);
+    s.daemon_line("stuck_after = \"2s\"");
     let person = CancellationToken::new();
     let asked = Arc::new(AtomicU64::new(0));
     hold_as_a_person(s.client(), person.clone(), asked.clone());
@@ -117,6 +118,11 @@ async fn the_daemon_waits_for_a_person_holding_the_lock_then_publishes() {
         .unwrap();
     assert_eq!(queue.owners, ["person".to_owned(), owner.clone()]);
 
+    // The wait outlasts stuck_after: reported as stuck, once, with what it
+    // waits for (the wait's start survived the restart).
+    const STUCK: &str = "another publisher (pkt, another daemon, a person) holds the app";
+    daemon.until_log(STUCK, 1).await;
+
     // The person is done: their lock times out, the daemon gets it and
     // publishes, and says how long it waited.
     person.cancel();
@@ -126,6 +132,15 @@ async fn the_daemon_waits_for_a_person_holding_the_lock_then_publishes() {
     s.assert_published_in_order(&app(0), &[&file]);
     let rows = s.status_rows();
     assert!(waiting(&rows).is_none(), "{rows:#?}");
+    let log = daemon.log_text();
+    assert_eq!(log.matches(STUCK).count(), 1, "{log}");
+    assert!(
+        log.contains(&format!(
+            "waiting for PatchKit's lock on app {} (position 1) for",
+            app(0)
+        )),
+        "{log}"
+    );
     daemon.stop().await;
 }
 

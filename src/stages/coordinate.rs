@@ -52,8 +52,13 @@ pub async fn gate_app(
         Some(owner) => owner.clone(),
         None => {
             // The app's previous build here may have left its lock to take
-            // over: then this build keeps the daemon's place.
-            let owner = ctx.lock.handover(app).unwrap_or_else(new_owner);
+            // over, in this run or before a restart: then this build keeps
+            // the daemon's place instead of queueing behind it until
+            // PatchKit's time-out.
+            let owner = match ctx.lock.handover(app) {
+                Some(owner) => owner,
+                None => previous_owner(ctx, build)?.unwrap_or_else(new_owner),
+            };
             record.owner = Some(owner.clone());
             ctx.store.set_coordination(build.id, &record).await?;
             owner
@@ -113,6 +118,20 @@ async fn app_busy(ctx: &StageCtx, secret: &str) -> Result<Option<WaitReason>, St
             app: secret.to_owned(),
             version,
         }))
+}
+
+/// The owner id of the newest other build of the same app that has one.
+/// Builds of an app run one at a time, so sharing it is safe.
+fn previous_owner(ctx: &StageCtx, build: &Build) -> Result<Option<String>, StepError> {
+    let mut others = ctx.store.by_app(&build.app_secret)?;
+    others.retain(|b| b.id != build.id);
+    others.sort_by_key(|b| std::cmp::Reverse(b.id));
+    for other in others {
+        if let Some(owner) = ctx.store.coordination(other.id)?.owner {
+            return Ok(Some(owner));
+        }
+    }
+    Ok(None)
 }
 
 /// A fresh owner id, shaped like the UUIDs PatchKit's tools send.
