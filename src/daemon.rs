@@ -153,6 +153,14 @@ pub async fn run(
     let observer = opts.observer.clone();
     let unfinished = store.unfinished()?;
     observer.load(unfinished.iter().cloned());
+    // Metrics: every rule's series from the start, and the newest publish
+    // of each rule from the store, so "nothing published for a day" alerts
+    // survive restarts.
+    observer.add_rules(config.rules.iter().map(|r| r.name.as_str()));
+    observer.restore_last_success(&store.list(&crate::store::ListFilter {
+        finished: Some(true),
+        ..Default::default()
+    })?);
     {
         let observer = observer.clone();
         store.on_change(move |build| observer.state_changed(build));
@@ -680,6 +688,8 @@ impl Daemon {
             millis(self.config.daemon.auth_retry),
         );
         self.refresh_key();
+        self.observer
+            .add_rules(self.config.rules.iter().map(|r| r.name.as_str()));
         tracing::info!(rules = self.config.rules.len(), "config reloaded");
         true
     }

@@ -400,10 +400,32 @@ fn print_table(rows: &[BuildRow]) {
         s
     };
     let error = |r: &BuildRow| {
-        r.reason
+        let now = patchkit_autopublish::clock::now_ms();
+        let next_try = |at: u64| {
+            humantime::format_duration(std::time::Duration::from_secs(
+                at.saturating_sub(now).div_ceil(1000),
+            ))
+            .to_string()
+        };
+        // A request failing right now says more than the step's last error.
+        if let Some(retry) = &r.request_retry {
+            return format!(
+                "attempt {} of {}, last error: {}; next try in {}",
+                retry.attempt,
+                retry.endpoint,
+                retry.last_error,
+                next_try(retry.next_try_at)
+            );
+        }
+        let mut text = r
+            .reason
             .clone()
             .or_else(|| r.last_error.clone())
-            .unwrap_or_default()
+            .unwrap_or_default();
+        if let Some(at) = r.next_attempt_at.filter(|_| r.reason.is_none()) {
+            text.push_str(&format!("; next try in {}", next_try(at)));
+        }
+        text
     };
     let table: Vec<[String; 8]> = rows
         .iter()

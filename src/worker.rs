@@ -31,8 +31,25 @@ pub enum WorkerEnd {
 }
 
 /// Runs `build` until it finishes or must wait. `key_retry` is the pause
-/// after a refused key.
+/// after a refused key. Every request retry made on the way is reported to
+/// the observer as the build's own.
 pub async fn drive(
+    ctx: StageCtx,
+    build: Build,
+    retry: RetryPolicy,
+    key_retry: Duration,
+) -> WorkerEnd {
+    let observer = ctx.observer.clone();
+    let id = build.id;
+    observer.worker_started(&build);
+    let watch = observer.retry_watch(&build);
+    let end = crate::patchkit::watched(watch, drive_build(ctx, build, retry, key_retry)).await;
+    // Stopped mid-retry (shutdown, cancel): nothing is being retried now.
+    observer.request_settled(id);
+    end
+}
+
+async fn drive_build(
     ctx: StageCtx,
     mut build: Build,
     retry: RetryPolicy,
@@ -72,7 +89,7 @@ pub async fn drive(
                     stage = %build.state.stage(), attempt = build.attempts + 1,
                     retry_in = ?delay, "{err}; will retry"
                 );
-                ctx.observer.retried(error_class(&err));
+                ctx.observer.build_retried(&build);
                 record(&ctx, &build, &err, delay)
                     .await
                     .map(WorkerEnd::Retry)
@@ -83,7 +100,7 @@ pub async fn drive(
                      the key (api_key_env, api_key_file or the systemd credential) and the \
                      daemon retries every {}", humantime::format_duration(key_retry)
                 );
-                ctx.observer.retried("unauthorized");
+                ctx.observer.build_retried(&build);
                 record(&ctx, &build, &err, key_retry)
                     .await
                     .map(WorkerEnd::KeyRefused)
@@ -119,25 +136,6 @@ pub async fn drive(
             }
         };
         return result.unwrap_or_else(|e| WorkerEnd::StoreFailed(id, e));
-    }
-}
-
-/// The error class a retry is counted under in metrics.
-fn error_class(err: &StepError) -> &'static str {
-    use crate::patchkit::ErrorKind;
-    match err {
-        StepError::Api(e) => match e.kind() {
-            ErrorKind::Transient { .. } => "transient",
-            ErrorKind::ChunkMismatch => "chunk_mismatch",
-            ErrorKind::Unauthorized => "unauthorized",
-            ErrorKind::Forbidden => "forbidden",
-            ErrorKind::NotFound => "not_found",
-            ErrorKind::BadRequest => "bad_request",
-            ErrorKind::Protocol => "protocol",
-        },
-        StepError::Io(_) => "io",
-        StepError::Busy(_) => "busy",
-        StepError::Fail { .. } | StepError::Store(_) | StepError::Cancelled => "other",
     }
 }
 
