@@ -253,6 +253,7 @@ pub async fn run(
     // (running builds are stopped, nothing else is done); systemd restarts it
     // on a fresh store handle and the builds resume from their records.
     let mut store_check = tokio::time::interval(crate::store::HEALTH_CHECK);
+    let moved = daemon.observer.changes();
     let mut watch_open = true;
     while daemon.exit.is_none() {
         if let Err(err) = daemon.store.check_still_ours() {
@@ -290,6 +291,8 @@ pub async fn run(
                 }
             },
             _ = store_check.tick() => Event::Tick,
+            // A build moved: STATUS= says so now, not at the next refresh.
+            () = moved.notified() => Event::Tick,
             _ = sleep_for(sleep) => Event::Tick,
         };
         let inputs = match event {

@@ -401,11 +401,15 @@ fn print_table(rows: &[BuildRow]) {
     };
     let error = |r: &BuildRow| {
         let now = patchkit_autopublish::clock::now_ms();
+        // Whole seconds, or milliseconds for a wait shorter than one.
         let next_try = |at: u64| {
-            humantime::format_duration(std::time::Duration::from_secs(
-                at.saturating_sub(now).div_ceil(1000),
-            ))
-            .to_string()
+            let ms = at.saturating_sub(now);
+            let wait = if ms >= 1000 {
+                std::time::Duration::from_secs(ms / 1000)
+            } else {
+                std::time::Duration::from_millis(ms)
+            };
+            humantime::format_duration(wait).to_string()
         };
         // A request failing right now says more than the step's last error.
         if let Some(retry) = &r.request_retry {

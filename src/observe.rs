@@ -139,6 +139,9 @@ struct Inner {
     clocks: Mutex<HashMap<BuildId, (Stage, Instant)>>,
     metrics: Metrics,
     events: broadcast::Sender<BuildEvent>,
+    /// Woken when what the STATUS line shows moved (a new state, a request
+    /// retry begun or ended), so systemd hears it at once.
+    moved: Arc<tokio::sync::Notify>,
 }
 
 impl std::fmt::Debug for Observer {
@@ -164,8 +167,16 @@ impl Observer {
                 clocks: Mutex::new(HashMap::new()),
                 metrics: Metrics::new(),
                 events,
+                moved: Arc::new(tokio::sync::Notify::new()),
             }),
         }
+    }
+
+    /// Notified whenever a build's state changes or a request retry begins
+    /// or ends: the event loop refreshes systemd's STATUS line then. A
+    /// change while nobody waits is kept for the next wait.
+    pub fn changes(&self) -> Arc<tokio::sync::Notify> {
+        self.inner.moved.clone()
     }
 
     /// Build events from now on.
@@ -314,6 +325,7 @@ impl Observer {
             }
         }
         self.time_stage(build);
+        self.inner.moved.notify_one();
         self.emit(EventKind::StateChanged, build, None);
         let metrics = &self.inner.metrics;
         match &build.state {
@@ -401,8 +413,10 @@ impl Observer {
     /// No request of the build is being retried any more.
     pub fn request_settled(&self, id: BuildId) {
         let mut live = self.inner.live.lock().expect("observer lock");
-        if let Some(entry) = live.get_mut(&id) {
-            entry.request_retry = None;
+        if let Some(entry) = live.get_mut(&id)
+            && entry.request_retry.take().is_some()
+        {
+            self.inner.moved.notify_one();
         }
     }
 
@@ -571,6 +585,7 @@ impl RetryWatch for BuildRetries {
         };
         self.observer
             .update(self.id, |live| live.request_retry = Some(status));
+        self.observer.inner.moved.notify_one();
     }
 
     fn answered(&self) {
