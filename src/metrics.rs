@@ -182,6 +182,8 @@ pub struct Present {
     /// The attempt number of a request being retried right now, by rule
     /// (the highest when several builds of a rule retry).
     pub request_retry_attempt: BTreeMap<String, i64>,
+    /// Running builds reported stuck and not moved since, by rule.
+    pub stuck_builds: BTreeMap<String, i64>,
 }
 
 /// Every series the daemon exports. Updates are lock-free atomics (a few
@@ -199,6 +201,7 @@ pub struct Metrics {
     upload_rate: Family<RuleLabel, F64Gauge>,
     request_retries: Family<RequestLabels, Counter>,
     request_retry_attempt: Family<RuleLabel, Gauge>,
+    stuck_builds: Family<RuleLabel, Gauge>,
     build_retries: Family<RuleLabel, Counter>,
     failures: Family<RuleLabel, Counter>,
     published: Family<RuleLabel, Counter>,
@@ -248,6 +251,7 @@ impl Metrics {
             upload_rate: Family::default(),
             request_retries: Family::default(),
             request_retry_attempt: Family::default(),
+            stuck_builds: Family::default(),
             build_retries: Family::default(),
             failures: Family::default(),
             published: Family::default(),
@@ -291,6 +295,12 @@ impl Metrics {
             "The attempt number of a request to PatchKit being retried right now, by rule (0 when \
              none).",
             self.request_retry_attempt.clone(),
+        );
+        r.register(
+            "stuck_builds",
+            "Running builds that made no progress for stuck_after (each also sent a stuck event), \
+             by rule.",
+            self.stuck_builds.clone(),
         );
         r.register(
             "build_retries",
@@ -356,6 +366,7 @@ impl Metrics {
         let _ = self.upload_rate.get_or_create(&label);
         let _ = self.request_retry_attempt.get_or_create(&label);
         let _ = self.build_retries.get_or_create(&label);
+        let _ = self.stuck_builds.get_or_create(&label);
         let _ = self.failures.get_or_create(&label);
         let _ = self.published.get_or_create(&label);
         let _ = self.last_success.get_or_create(&label);
@@ -464,6 +475,8 @@ impl Metrics {
             self.request_retry_attempt
                 .get_or_create(&label)
                 .set(attempt);
+            let stuck = present.stuck_builds.get(rule).copied().unwrap_or(0);
+            self.stuck_builds.get_or_create(&label).set(stuck);
         }
         let mut out = String::new();
         // Writing to a String cannot fail.

@@ -45,6 +45,8 @@ pub struct Live {
     pub idle_seconds: f64,
     /// A request being sent again right now, until it is answered.
     pub request_retry: Option<RequestRetryStatus>,
+    /// Reported stuck (no progress for `stuck_after`), until it moves.
+    pub stuck: bool,
     #[serde(skip)]
     last_progress: Instant,
 }
@@ -58,6 +60,7 @@ impl Live {
             eta_seconds: None,
             idle_seconds: 0.0,
             request_retry: None,
+            stuck: false,
             last_progress: Instant::now(),
         }
     }
@@ -259,6 +262,9 @@ impl Observer {
                     .upload_bytes_per_second
                     .entry(rule.clone())
                     .or_default() += rate;
+            }
+            if l.stuck {
+                *present.stuck_builds.entry(rule.clone()).or_default() += 1;
             }
             if let Some(retry) = &l.request_retry {
                 let attempt = present
@@ -478,6 +484,7 @@ impl Observer {
             change(entry);
             if entry.progress != before {
                 entry.last_progress = Instant::now();
+                entry.stuck = false;
             }
         }
     }
@@ -510,6 +517,7 @@ impl Observer {
 
     /// Tells subscribers a build is stuck.
     pub fn stuck(&self, build: &Build, idle: Duration) {
+        self.update(build.id, |live| live.stuck = true);
         tracing::warn!(
             build = %build.id, rule = %build.rule, label = %build.label,
             "no progress for {} while {}; check PatchKit's status and the network",

@@ -357,6 +357,15 @@ impl Run {
             "{event:#}"
         );
         assert_eq!(event["stage"], stage.as_str(), "{event:#}");
+        let text = self.scrape().await;
+        assert_eq!(
+            sample(
+                &text,
+                &format!("patchkit_autopublish_stuck_builds{{rule=\"{RULE}\"}}")
+            ),
+            Some(1.0),
+            "{text}"
+        );
         assert_eq!(event["version_id"], version, "{event:#}");
         assert_eq!(event["build"], row["id"], "{event:#}");
 
@@ -451,6 +460,13 @@ async fn every_report_agrees_while_a_build_uploads_processes_and_publishes() {
         sample(
             &text,
             &format!("patchkit_autopublish_request_retry_attempt{{rule=\"{RULE}\"}}")
+        ),
+        Some(0.0)
+    );
+    assert_eq!(
+        sample(
+            &text,
+            &format!("patchkit_autopublish_stuck_builds{{rule=\"{RULE}\"}}")
         ),
         Some(0.0)
     );

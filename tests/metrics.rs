@@ -108,7 +108,7 @@ fn sum(text: &str, name: &str) -> f64 {
 }
 
 /// Every family the daemon exports, with its type.
-const FAMILIES: [(&str, &str); 13] = [
+const FAMILIES: [(&str, &str); 14] = [
     ("patchkit_autopublish_up", "gauge"),
     ("patchkit_autopublish_build_info", "gauge"),
     ("patchkit_autopublish_builds", "gauge"),
@@ -116,6 +116,7 @@ const FAMILIES: [(&str, &str); 13] = [
     ("patchkit_autopublish_upload_bytes_per_second", "gauge"),
     ("patchkit_autopublish_retries_total", "counter"),
     ("patchkit_autopublish_request_retry_attempt", "gauge"),
+    ("patchkit_autopublish_stuck_builds", "gauge"),
     ("patchkit_autopublish_build_retries_total", "counter"),
     ("patchkit_autopublish_failures_total", "counter"),
     ("patchkit_autopublish_published_total", "counter"),
@@ -164,6 +165,7 @@ async fn every_series_is_described_and_starts_at_zero() {
             "bytes_uploaded_total",
             "upload_bytes_per_second",
             "request_retry_attempt",
+            "stuck_builds",
             "build_retries_total",
             "failures_total",
             "published_total",
