@@ -555,3 +555,106 @@ async fn cancel_stops_the_server() {
             .is_err()
     );
 }
+
+/// The metric names a monitoring file uses: every `patchkit_autopublish_...`
+/// token, a histogram's `_bucket`, `_sum` and `_count` read as its family.
+fn names_used(text: &str) -> std::collections::BTreeSet<String> {
+    let mut names = std::collections::BTreeSet::new();
+    let mut rest = text;
+    while let Some(at) = rest.find("patchkit_autopublish_") {
+        let tail = &rest[at..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(tail.len());
+        let name = &tail[..end];
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|suffix| name.strip_suffix(suffix))
+            .unwrap_or(name);
+        names.insert(family.to_owned());
+        rest = &tail[end..];
+    }
+    names
+}
+
+/// The alert rules parse as Prometheus rule groups, the dashboard as
+/// Grafana JSON, and every series either uses is on the page of a running
+/// daemon; the dashboard shows every family the daemon exports.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_and_alert_rules_use_the_series_a_daemon_exports() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/monitoring");
+    let alerts = std::fs::read_to_string(root.join("alerts.yml")).unwrap();
+    let dashboard = std::fs::read_to_string(root.join("grafana-dashboard.json")).unwrap();
+
+    let docs = yaml_rust2::YamlLoader::load_from_str(&alerts).expect("alerts.yml is YAML");
+    let groups = docs[0]["groups"].as_vec().expect("a groups list");
+    let mut alert_names = Vec::new();
+    for group in groups {
+        assert!(group["name"].as_str().is_some(), "{group:?}");
+        for rule in group["rules"].as_vec().expect("a rules list") {
+            let name = rule["alert"].as_str().expect("an alert name");
+            assert!(
+                rule["expr"].as_str().is_some_and(|e| !e.trim().is_empty()),
+                "{name}"
+            );
+            assert!(rule["labels"]["severity"].as_str().is_some(), "{name}");
+            assert!(rule["annotations"]["summary"].as_str().is_some(), "{name}");
+            alert_names.push(name.to_owned());
+        }
+    }
+    for wanted in [
+        "PatchkitNothingPublished24h",
+        "PatchkitBuildFailed",
+        "PatchkitBuildStuck",
+    ] {
+        assert!(alert_names.iter().any(|n| n == wanted), "{alert_names:?}");
+    }
+
+    let json: serde_json::Value = serde_json::from_str(&dashboard).expect("the dashboard is JSON");
+    let panels = json["panels"].as_array().expect("panels");
+    assert!(!panels.is_empty());
+    for panel in panels {
+        let targets = panel["targets"].as_array().expect("targets");
+        assert!(
+            targets
+                .iter()
+                .all(|t| t["expr"].as_str().is_some_and(|e| !e.is_empty())),
+            "{panel:#}"
+        );
+    }
+
+    // The page of a running daemon with one rule.
+    let s = Setup::new(1).start().await;
+    s.daemon_line("metrics = \"127.0.0.1:0\"");
+    let daemon = s.spawn_env(&[]);
+    let url = daemon.metrics_url().await;
+    let text = reqwest::get(&url).await.unwrap().text().await.unwrap();
+    daemon.stop().await;
+    let exported: std::collections::BTreeSet<String> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split(' ').next())
+        .map(str::to_owned)
+        .collect();
+    assert!(exported.len() >= 14, "{text}");
+    for (file, used) in [
+        ("alerts.yml", names_used(&alerts)),
+        ("grafana-dashboard.json", names_used(&dashboard)),
+    ] {
+        for name in &used {
+            assert!(
+                exported.contains(name),
+                "{file} uses {name}, which the daemon does not export:\n{text}"
+            );
+        }
+    }
+    let shown = names_used(&dashboard);
+    for name in &exported {
+        assert!(shown.contains(name), "the dashboard does not show {name}");
+    }
+    // Every rule's series are there before anything happened.
+    assert!(
+        text.contains("patchkit_autopublish_last_success_timestamp_seconds{rule=\"rule-0\"} 0\n"),
+        "{text}"
+    );
+}
