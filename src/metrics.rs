@@ -230,7 +230,7 @@ impl Metrics {
         let mut registry = Registry::with_prefix(PREFIX);
         let up = Gauge::<i64>::default();
         up.set(1);
-        registry.register("up", "1 while the daemon is running.", up);
+        registry.register("up", "1 while the daemon is running", up);
         let build_info = Family::<VersionLabel, Gauge>::default();
         build_info
             .get_or_create(&VersionLabel {
@@ -239,7 +239,7 @@ impl Metrics {
             .set(1);
         registry.register(
             "build_info",
-            "Always 1; the version label says which release runs.",
+            "Always 1; the version label says which release runs",
             build_info,
         );
         let metrics = Metrics {
@@ -272,66 +272,66 @@ impl Metrics {
         let r = &mut self.registry;
         r.register(
             "builds",
-            "Unfinished builds, by rule and state.",
+            "Unfinished builds, by rule and state",
             self.builds.clone(),
         );
         r.register(
             "bytes_uploaded",
-            "Bytes acknowledged by PatchKit, by rule.",
+            "Bytes acknowledged by PatchKit, by rule",
             self.bytes_uploaded.clone(),
         );
         r.register(
             "upload_bytes_per_second",
-            "Upload throughput of the uploads under way, by rule (0 when none uploads).",
+            "Upload throughput of the uploads under way, by rule (0 when none uploads)",
             self.upload_rate.clone(),
         );
         r.register(
             "retries",
-            "Requests to PatchKit sent again after a failure, one per retry, by endpoint and class.",
+            "Requests to PatchKit sent again after a failure, one per retry, by endpoint and class",
             self.request_retries.clone(),
         );
         r.register(
             "request_retry_attempt",
             "The attempt number of a request to PatchKit being retried right now, by rule (0 when \
-             none).",
+             none)",
             self.request_retry_attempt.clone(),
         );
         r.register(
             "stuck_builds",
             "Running builds that made no progress for stuck_after (each also sent a stuck event), \
-             by rule.",
+             by rule",
             self.stuck_builds.clone(),
         );
         r.register(
             "build_retries",
-            "Times a build's stage failed and the build was set to try it again later, by rule.",
+            "Times a build's stage failed and the build was set to try it again later, by rule",
             self.build_retries.clone(),
         );
         r.register(
             "failures",
-            "Builds that failed, by rule.",
+            "Builds that failed, by rule",
             self.failures.clone(),
         );
         r.register(
             "published",
-            "Builds published (or scheduled), by rule.",
+            "Builds published (or scheduled), by rule",
             self.published.clone(),
         );
         r.register(
             "last_success_timestamp_seconds",
             "Unix time of the newest publish (or scheduled publish), by rule; 0 when none is \
-             known.",
+             known",
             self.last_success.clone(),
         );
         r.register(
             "drop_to_live_seconds",
-            "Seconds from a build being taken to its version going live, by rule.",
+            "Seconds from a build being taken to its version going live, by rule",
             self.drop_to_live.clone(),
         );
         r.register(
             "stage_duration_seconds",
             "Seconds a build spent in a stage it completed (waits between attempts included), \
-             by rule and stage.",
+             by rule and stage",
             self.stage_duration.clone(),
         );
         self

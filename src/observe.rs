@@ -255,7 +255,9 @@ impl Observer {
             let Some((rule, _)) = rules.get(id) else {
                 continue;
             };
+            // A failing request moves no byte, whatever the last rate was.
             if l.state == "uploading"
+                && l.request_retry.is_none()
                 && let Some(rate) = l.bytes_per_second
             {
                 *present
@@ -496,11 +498,19 @@ impl Observer {
     }
 
     /// Live progress of a running build.
+    ///
+    /// While a request is failing, nothing moves: the speed and ETA of the
+    /// upload's last stretch are not shown as if they still held.
     pub fn live(&self, id: BuildId) -> Option<Live> {
         let live = self.inner.live.lock().expect("observer lock");
-        live.get(&id).map(|l| Live {
-            idle_seconds: l.last_progress.elapsed().as_secs_f64(),
-            ..l.clone()
+        live.get(&id).map(|l| {
+            let moving = l.request_retry.is_none();
+            Live {
+                idle_seconds: l.last_progress.elapsed().as_secs_f64(),
+                bytes_per_second: l.bytes_per_second.filter(|_| moving),
+                eta_seconds: l.eta_seconds.filter(|_| moving),
+                ..l.clone()
+            }
         })
     }
 

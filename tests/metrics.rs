@@ -267,6 +267,8 @@ async fn counters_gauges_and_histograms_move_with_the_observer() {
         });
     }
     let live = observer.live(BuildId(1)).unwrap();
+    // While the request fails, no speed is claimed.
+    assert!(live.bytes_per_second.is_none() && live.eta_seconds.is_none());
     let retry = live.request_retry.expect("the retry is shown");
     assert_eq!(retry.attempt, 3);
     assert_eq!(retry.class, "transient");
@@ -292,7 +294,19 @@ async fn counters_gauges_and_histograms_move_with_the_observer() {
         ),
         3.0
     );
+    assert_eq!(
+        value(
+            &text,
+            "patchkit_autopublish_upload_bytes_per_second{rule=\"win\"}"
+        ),
+        0.0
+    );
     watch.answered();
+    // Answered: the speed of the upload is shown again.
+    assert_eq!(
+        observer.live(BuildId(1)).unwrap().bytes_per_second,
+        Some(50.0)
+    );
     assert!(observer.live(BuildId(1)).unwrap().request_retry.is_none());
     let text = scrape(addr).await;
     assert_eq!(
