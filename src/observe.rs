@@ -357,14 +357,17 @@ impl Observer {
         }
     }
 
-    /// A worker starts (or resumes) `build`: the stage it is in begins now,
-    /// unless this process saw it begin earlier. (A queued build's
-    /// validation begins here, not when the file was taken.)
+    /// A worker starts (or resumes) `build`. A queued build's validation
+    /// begins here, not when the file was taken; every other stage began at
+    /// the state change this process saw (a stage resumed after a restart
+    /// began before it, so it is not timed).
     pub fn worker_started(&self, build: &Build) {
-        let mut clocks = self.inner.clocks.lock().expect("observer lock");
-        clocks
-            .entry(build.id)
-            .or_insert_with(|| (build.state.stage(), Instant::now()));
+        if build.state == BuildState::Queued {
+            let mut clocks = self.inner.clocks.lock().expect("observer lock");
+            clocks
+                .entry(build.id)
+                .or_insert_with(|| (Stage::Validate, Instant::now()));
+        }
     }
 
     /// Ends the clock of the stage the build left, when it moved forward

@@ -276,7 +276,7 @@ async fn counters_gauges_and_histograms_move_with_the_observer() {
     assert!(retry.next_try_at >= now_ms() + 3000, "{retry:?}");
     assert!(
         observer
-            .summary(&[uploading.clone()], 0)
+            .summary(std::slice::from_ref(&uploading), 0)
             .contains("attempt 3")
     );
     let text = scrape(addr).await;
