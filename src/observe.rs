@@ -8,8 +8,9 @@
 //! unfinished build is the one source of truth for `status`, systemd's
 //! STATUS line, metrics and events. Stages report progress between writes;
 //! the client reports each request retry of a build's worker through the
-//! [`RetryWatch`] the worker runs under. Readers take snapshots. Reporting never blocks and never fails: a slow
-//! reader (a dead webhook) can lose events, never stall an upload.
+//! [`RetryWatch`] the worker runs under. Readers take snapshots. Reporting
+//! never blocks and never fails: a slow reader (a dead webhook) can lose
+//! events, never stall an upload.
 //!
 //! Knows builds and numbers; nothing about HTTP, sockets or sled.
 
@@ -477,12 +478,23 @@ impl Observer {
     /// Changes a running build's live status. A build resumed from the
     /// store (after a restart) gets its entry at its first report.
     fn update(&self, id: BuildId, change: impl FnOnce(&mut Live)) {
-        let state = self.build(id).map(|b| b.state.name());
+        let missing = !self
+            .inner
+            .live
+            .lock()
+            .expect("observer lock")
+            .contains_key(&id);
+        // Looked up before the live lock is taken again: the two locks are
+        // never held together.
+        let state = if missing {
+            self.build(id).map(|b| b.state.name())
+        } else {
+            None
+        };
         let mut live = self.inner.live.lock().expect("observer lock");
-        let entry = match (live.get_mut(&id).is_some(), state) {
-            (true, _) => live.get_mut(&id),
-            (false, Some(state)) => Some(live.entry(id).or_insert_with(|| Live::new(state))),
-            (false, None) => None,
+        let entry = match state {
+            Some(state) => Some(live.entry(id).or_insert_with(|| Live::new(state))),
+            None => live.get_mut(&id),
         };
         if let Some(entry) = entry {
             let before = entry.progress;
