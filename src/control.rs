@@ -22,7 +22,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::now_ms;
-use crate::observe::Observer;
+use crate::observe::{Observer, RequestRetryStatus};
 use crate::state::{BuildState, FileIdentity};
 use crate::store::{Build, BuildId, ChannelStep, Coordination, ListFilter, Store, StoreError};
 
@@ -192,6 +192,10 @@ pub struct BuildRow {
     /// When the next try is due (Unix ms), while waiting to retry.
     pub next_attempt_at: Option<u64>,
     pub last_error: Option<String>,
+    /// A request to PatchKit failing and being sent again right now (a
+    /// running build during an outage), until it is answered.
+    #[serde(default)]
+    pub request_retry: Option<RequestRetryStatus>,
     /// Processing warnings.
     pub warnings: Vec<String>,
     /// Why it failed.
@@ -283,6 +287,7 @@ impl BuildRow {
             attempts: build.attempts,
             next_attempt_at: build.next_attempt_at,
             last_error: build.last_error.clone(),
+            request_retry: live.as_ref().and_then(|l| l.request_retry.clone()),
             warnings,
             reason,
             enqueued_at: build.enqueued_at,

@@ -156,6 +156,14 @@ pub async fn run(
     let observer = opts.observer.clone();
     let unfinished = store.unfinished()?;
     observer.load(unfinished.iter().cloned());
+    // Metrics: every rule's series from the start, and the newest publish
+    // of each rule from the store, so "nothing published for a day" alerts
+    // survive restarts.
+    observer.add_rules(config.rules.iter().map(|r| r.name.as_str()));
+    observer.restore_last_success(&store.list(&crate::store::ListFilter {
+        finished: Some(true),
+        ..Default::default()
+    })?);
     {
         let observer = observer.clone();
         store.on_change(move |build| observer.state_changed(build));
@@ -251,6 +259,7 @@ pub async fn run(
     // (running builds are stopped, nothing else is done); systemd restarts it
     // on a fresh store handle and the builds resume from their records.
     let mut store_check = tokio::time::interval(crate::store::HEALTH_CHECK);
+    let moved = daemon.observer.changes();
     let mut watch_open = true;
     while daemon.exit.is_none() {
         if let Err(err) = daemon.store.check_still_ours() {
@@ -288,6 +297,8 @@ pub async fn run(
                 }
             },
             _ = store_check.tick() => Event::Tick,
+            // A build moved: STATUS= says so now, not at the next refresh.
+            () = moved.notified() => Event::Tick,
             _ = sleep_for(sleep) => Event::Tick,
         };
         let inputs = match event {
@@ -705,6 +716,8 @@ impl Daemon {
             millis(self.config.daemon.auth_retry),
         );
         self.refresh_key();
+        self.observer
+            .add_rules(self.config.rules.iter().map(|r| r.name.as_str()));
         tracing::info!(rules = self.config.rules.len(), "config reloaded");
         true
     }

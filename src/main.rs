@@ -400,12 +400,36 @@ fn print_table(rows: &[BuildRow]) {
         s
     };
     let error = |r: &BuildRow| {
+        let now = patchkit_autopublish::clock::now_ms();
+        // Whole seconds, or milliseconds for a wait shorter than one.
+        let next_try = |at: u64| {
+            let ms = at.saturating_sub(now);
+            let wait = if ms >= 1000 {
+                std::time::Duration::from_secs(ms / 1000)
+            } else {
+                std::time::Duration::from_millis(ms)
+            };
+            humantime::format_duration(wait).to_string()
+        };
+        // A request failing right now says more than the step's last error.
+        if let Some(retry) = &r.request_retry {
+            return format!(
+                "attempt {} of {}, last error: {}; next try in {}",
+                retry.attempt,
+                retry.endpoint,
+                retry.last_error,
+                next_try(retry.next_try_at)
+            );
+        }
         let mut text = r
             .reason
             .clone()
             .or_else(|| r.waiting.clone())
             .or_else(|| r.last_error.clone())
             .unwrap_or_default();
+        if let Some(at) = r.next_attempt_at.filter(|_| r.reason.is_none()) {
+            text.push_str(&format!("; next try in {}", next_try(at)));
+        }
         // Channels not yet live are named; a failed one's reason is the
         // build's reason already.
         let open: Vec<String> = r

@@ -1,14 +1,16 @@
 //! What the daemon tells the outside world while it works: live progress
-//! per build (for `status` and systemd's STATUS line), counters (for
-//! metrics), one log line per stage change, and build events (for
+//! per build (for `status` and systemd's STATUS line), the request retries
+//! under way, metrics, one log line per stage change, and build events (for
 //! notifications).
 //!
 //! The store tells the observer every record it writes (`Store::on_change`
 //! calls [`Observer::state_changed`]), so the observer's copy of every
 //! unfinished build is the one source of truth for `status`, systemd's
-//! STATUS line, metrics and events. Stages report progress between writes.
-//! Readers take snapshots. Reporting never blocks and never fails: a slow
-//! reader (a dead webhook) can lose events, never stall an upload.
+//! STATUS line, metrics and events. Stages report progress between writes;
+//! the client reports each request retry of a build's worker through the
+//! [`RetryWatch`] the worker runs under. Readers take snapshots. Reporting
+//! never blocks and never fails: a slow reader (a dead webhook) can lose
+//! events, never stall an upload.
 //!
 //! Knows builds and numbers; nothing about HTTP, sockets or sled.
 
@@ -16,11 +18,13 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
 use crate::clock::now_ms;
-use crate::state::BuildState;
+use crate::metrics::{Metrics, Present};
+use crate::patchkit::{RequestRetry, RetryWatch};
+use crate::state::{BuildState, Stage};
 use crate::store::{Build, BuildId};
 
 /// How many build events wait for slow subscribers before the oldest are
@@ -40,8 +44,43 @@ pub struct Live {
     pub eta_seconds: Option<f64>,
     /// Seconds since the build last made progress.
     pub idle_seconds: f64,
+    /// A request being sent again right now, until it is answered.
+    pub request_retry: Option<RequestRetryStatus>,
+    /// Reported stuck (no progress for `stuck_after`), until it moves.
+    pub stuck: bool,
     #[serde(skip)]
     last_progress: Instant,
+}
+
+impl Live {
+    fn new(state: &'static str) -> Self {
+        Live {
+            state,
+            progress: None,
+            bytes_per_second: None,
+            eta_seconds: None,
+            idle_seconds: 0.0,
+            request_retry: None,
+            stuck: false,
+            last_progress: Instant::now(),
+        }
+    }
+}
+
+/// A request of a running build that failed and is being retried: what
+/// `status` shows during an outage shorter than `retry_give_up`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RequestRetryStatus {
+    /// The endpoint, e.g. `POST /1/uploads/{id}/chunk`.
+    pub endpoint: String,
+    /// `transient`, `rate_limited` or `chunk_mismatch`.
+    pub class: String,
+    /// Retries of this request so far (1 = the first).
+    pub attempt: u32,
+    /// What the last try got.
+    pub last_error: String,
+    /// When it is sent again, Unix milliseconds.
+    pub next_try_at: u64,
 }
 
 /// Something that happened to a build, for notifications and the demo.
@@ -87,24 +126,6 @@ impl EventKind {
     }
 }
 
-/// Counters for metrics. Plain numbers under one lock: they change a few
-/// times per chunk at most.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct Counters {
-    /// Bytes acknowledged by PatchKit, over all uploads.
-    pub bytes_uploaded: u64,
-    /// Retries, by error class (`transient`, `auth`, ...).
-    pub retries: BTreeMap<String, u64>,
-    /// Failed builds, by rule.
-    pub failures: BTreeMap<String, u64>,
-    /// Published builds, by rule.
-    pub published: BTreeMap<String, u64>,
-    /// Unix seconds of the last publish, by rule.
-    pub last_success: BTreeMap<String, u64>,
-    /// Unfinished builds by state name.
-    pub builds_by_state: BTreeMap<String, u64>,
-}
-
 /// The shared reporting point. Cheap to clone.
 #[derive(Clone)]
 pub struct Observer {
@@ -117,8 +138,14 @@ struct Inner {
     /// Finished builds already announced, with the record's `updated_at`.
     finished: Mutex<HashMap<BuildId, u64>>,
     live: Mutex<HashMap<BuildId, Live>>,
-    counters: Mutex<Counters>,
+    /// When each running build entered the stage it is in, for
+    /// `stage_duration_seconds`: only stages this process saw begin.
+    clocks: Mutex<HashMap<BuildId, (Stage, Instant)>>,
+    metrics: Metrics,
     events: broadcast::Sender<BuildEvent>,
+    /// Woken when what the STATUS line shows moved (a new state, a request
+    /// retry begun or ended), so systemd hears it at once.
+    moved: Arc<tokio::sync::Notify>,
 }
 
 impl std::fmt::Debug for Observer {
@@ -141,10 +168,19 @@ impl Observer {
                 builds: Mutex::new(BTreeMap::new()),
                 finished: Mutex::new(HashMap::new()),
                 live: Mutex::new(HashMap::new()),
-                counters: Mutex::new(Counters::default()),
+                clocks: Mutex::new(HashMap::new()),
+                metrics: Metrics::new(),
                 events,
+                moved: Arc::new(tokio::sync::Notify::new()),
             }),
         }
+    }
+
+    /// Notified whenever a build's state changes or a request retry begins
+    /// or ends: the event loop refreshes systemd's STATUS line then. A
+    /// change while nobody waits is kept for the next wait.
+    pub fn changes(&self) -> Arc<tokio::sync::Notify> {
+        self.inner.moved.clone()
     }
 
     /// Build events from now on.
@@ -174,6 +210,76 @@ impl Observer {
         }
     }
 
+    /// The rules of the config in force: their series exist from now on,
+    /// at 0 until something happens.
+    pub fn add_rules<'a>(&self, rules: impl IntoIterator<Item = &'a str>) {
+        self.inner.metrics.add_rules(rules);
+    }
+
+    /// The newest publish of each rule found in the store at start, so
+    /// `last_success_timestamp_seconds` survives restarts.
+    pub fn restore_last_success<'a>(&self, builds: impl IntoIterator<Item = &'a Build>) {
+        for build in builds {
+            if matches!(
+                build.state,
+                BuildState::Published { .. } | BuildState::Scheduled { .. }
+            ) {
+                self.inner
+                    .metrics
+                    .set_last_success(&build.rule, build.updated_at / 1000);
+            }
+        }
+    }
+
+    /// The metric families.
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
+    /// What the present-tense metrics show now: builds by rule and state,
+    /// upload throughput and request retries under way, from the same
+    /// copies `status` reads.
+    pub fn present(&self) -> Present {
+        let mut present = Present::default();
+        let rules: HashMap<BuildId, (String, &'static str)> = {
+            let known = self.inner.builds.lock().expect("observer lock");
+            known
+                .values()
+                .map(|b| (b.id, (b.rule.clone(), b.state.name())))
+                .collect()
+        };
+        for (rule, state) in rules.values() {
+            *present.builds.entry((rule.clone(), *state)).or_default() += 1;
+        }
+        let live = self.inner.live.lock().expect("observer lock");
+        for (id, l) in live.iter() {
+            let Some((rule, _)) = rules.get(id) else {
+                continue;
+            };
+            // A failing request moves no byte, whatever the last rate was.
+            if l.state == "uploading"
+                && l.request_retry.is_none()
+                && let Some(rate) = l.bytes_per_second
+            {
+                *present
+                    .upload_bytes_per_second
+                    .entry(rule.clone())
+                    .or_default() += rate;
+            }
+            if l.stuck {
+                *present.stuck_builds.entry(rule.clone()).or_default() += 1;
+            }
+            if let Some(retry) = &l.request_retry {
+                let attempt = present
+                    .request_retry_attempt
+                    .entry(rule.clone())
+                    .or_default();
+                *attempt = (*attempt).max(i64::from(retry.attempt));
+            }
+        }
+        present
+    }
+
     /// Every unfinished build as last written, oldest id first.
     pub fn unfinished(&self) -> Vec<Build> {
         let known = self.inner.builds.lock().expect("observer lock");
@@ -199,6 +305,9 @@ impl Observer {
                 known.insert(build.id, build.clone())
             }
         };
+        // A record is written after an answer (or as the step gives up): no
+        // request of this build is being retried any more.
+        self.request_settled(build.id);
         if previous
             .as_ref()
             .is_some_and(|p| p.state.name() == build.state.name())
@@ -221,38 +330,105 @@ impl Observer {
             if build.state.is_terminal() {
                 live.remove(&build.id);
             } else {
-                live.insert(
-                    build.id,
-                    Live {
-                        state: build.state.name(),
-                        progress: None,
-                        bytes_per_second: None,
-                        eta_seconds: None,
-                        idle_seconds: 0.0,
-                        last_progress: Instant::now(),
-                    },
-                );
+                live.insert(build.id, Live::new(build.state.name()));
             }
         }
+        self.time_stage(build);
+        self.inner.moved.notify_one();
         self.emit(EventKind::StateChanged, build, None);
+        let metrics = &self.inner.metrics;
         match &build.state {
             BuildState::Processed { warnings, .. } if !warnings.is_empty() => {
                 self.emit(EventKind::Warning, build, Some(warnings.join("; ")));
             }
             BuildState::Published { .. } | BuildState::Scheduled { .. } => {
-                let mut c = self.inner.counters.lock().expect("observer lock");
-                *c.published.entry(build.rule.clone()).or_default() += 1;
-                c.last_success.insert(build.rule.clone(), now_ms() / 1000);
-                drop(c);
+                let now = now_ms();
+                // Scheduled is not live yet: only a publish ends the
+                // drop-to-live time.
+                let live = matches!(build.state, BuildState::Published { .. })
+                    .then(|| Duration::from_millis(now.saturating_sub(build.enqueued_at)));
+                metrics.published(&build.rule, now / 1000, live);
                 self.emit(EventKind::Published, build, None);
             }
             BuildState::Failed { reason, .. } => {
-                let mut c = self.inner.counters.lock().expect("observer lock");
-                *c.failures.entry(build.rule.clone()).or_default() += 1;
-                drop(c);
+                metrics.failed(&build.rule);
                 self.emit(EventKind::Failed, build, Some(reason.clone()));
             }
             _ => {}
+        }
+    }
+
+    /// A worker starts (or resumes) `build`. A queued build's validation
+    /// begins here, not when the file was taken; every other stage began at
+    /// the state change this process saw (a stage resumed after a restart
+    /// began before it, so it is not timed).
+    pub fn worker_started(&self, build: &Build) {
+        if build.state == BuildState::Queued {
+            let mut clocks = self.inner.clocks.lock().expect("observer lock");
+            clocks
+                .entry(build.id)
+                .or_insert_with(|| (Stage::Validate, Instant::now()));
+        }
+    }
+
+    /// Ends the clock of the stage the build left, when it moved forward
+    /// (a stage it completed), and starts the next one.
+    fn time_stage(&self, build: &Build) {
+        let order = |stage: Stage| Stage::ALL.iter().position(|s| *s == stage);
+        let mut clocks = self.inner.clocks.lock().expect("observer lock");
+        let done = match &build.state {
+            BuildState::Published { .. }
+            | BuildState::Scheduled { .. }
+            | BuildState::Draft { .. } => clocks.remove(&build.id),
+            BuildState::Failed { .. } | BuildState::Cancelled { .. } => {
+                clocks.remove(&build.id);
+                None
+            }
+            // Waiting for its turn is not validation: the clock starts
+            // with the worker.
+            BuildState::Queued => {
+                clocks.remove(&build.id);
+                None
+            }
+            state => {
+                let next = state.stage();
+                match clocks.get(&build.id).copied() {
+                    Some((stage, _)) if stage == next => None,
+                    Some((stage, began)) => {
+                        clocks.insert(build.id, (next, Instant::now()));
+                        (order(next) > order(stage)).then_some((stage, began))
+                    }
+                    None => {
+                        clocks.insert(build.id, (next, Instant::now()));
+                        None
+                    }
+                }
+            }
+        };
+        drop(clocks);
+        if let Some((stage, began)) = done {
+            self.inner
+                .metrics
+                .stage_done(&build.rule, stage, began.elapsed());
+        }
+    }
+
+    /// The watch a build's worker runs under: each request retry it makes is
+    /// counted and shown in its live status until the request is answered.
+    pub fn retry_watch(&self, build: &Build) -> Arc<dyn RetryWatch> {
+        Arc::new(BuildRetries {
+            observer: self.clone(),
+            id: build.id,
+        })
+    }
+
+    /// No request of the build is being retried any more.
+    pub fn request_settled(&self, id: BuildId) {
+        let mut live = self.inner.live.lock().expect("observer lock");
+        if let Some(entry) = live.get_mut(&id)
+            && entry.request_retry.take().is_some()
+        {
+            self.inner.moved.notify_one();
         }
     }
 
@@ -283,11 +459,9 @@ impl Observer {
         elapsed: Duration,
         chunk: u64,
     ) {
-        self.inner
-            .counters
-            .lock()
-            .expect("observer lock")
-            .bytes_uploaded += chunk;
+        if let Some(rule) = self.build(id).map(|b| b.rule) {
+            self.inner.metrics.uploaded(&rule, chunk);
+        }
         let rate = sent as f64 / elapsed.as_secs_f64().max(0.001);
         self.update(id, |live| {
             live.progress = Some(acknowledged as f64 / total.max(1) as f64);
@@ -301,35 +475,57 @@ impl Observer {
         self.update(id, |live| live.progress = Some(fraction));
     }
 
+    /// Changes a running build's live status. A build resumed from the
+    /// store (after a restart) gets its entry at its first report.
     fn update(&self, id: BuildId, change: impl FnOnce(&mut Live)) {
+        let missing = !self
+            .inner
+            .live
+            .lock()
+            .expect("observer lock")
+            .contains_key(&id);
+        // Looked up before the live lock is taken again: the two locks are
+        // never held together.
+        let state = if missing {
+            self.build(id).map(|b| b.state.name())
+        } else {
+            None
+        };
         let mut live = self.inner.live.lock().expect("observer lock");
-        if let Some(entry) = live.get_mut(&id) {
+        let entry = match state {
+            Some(state) => Some(live.entry(id).or_insert_with(|| Live::new(state))),
+            None => live.get_mut(&id),
+        };
+        if let Some(entry) = entry {
             let before = entry.progress;
             change(entry);
             if entry.progress != before {
                 entry.last_progress = Instant::now();
+                entry.stuck = false;
             }
         }
     }
 
-    /// A failed try that will be repeated, by error class.
-    pub fn retried(&self, class: &str) {
-        *self
-            .inner
-            .counters
-            .lock()
-            .expect("observer lock")
-            .retries
-            .entry(class.to_owned())
-            .or_default() += 1;
+    /// A build's stage failed and the build will try it again later (each
+    /// such retry is an attempt in `status`).
+    pub fn build_retried(&self, build: &Build) {
+        self.inner.metrics.build_retried(&build.rule);
     }
 
     /// Live progress of a running build.
+    ///
+    /// While a request is failing, nothing moves: the speed and ETA of the
+    /// upload's last stretch are not shown as if they still held.
     pub fn live(&self, id: BuildId) -> Option<Live> {
         let live = self.inner.live.lock().expect("observer lock");
-        live.get(&id).map(|l| Live {
-            idle_seconds: l.last_progress.elapsed().as_secs_f64(),
-            ..l.clone()
+        live.get(&id).map(|l| {
+            let moving = l.request_retry.is_none();
+            Live {
+                idle_seconds: l.last_progress.elapsed().as_secs_f64(),
+                bytes_per_second: l.bytes_per_second.filter(|_| moving),
+                eta_seconds: l.eta_seconds.filter(|_| moving),
+                ..l.clone()
+            }
         })
     }
 
@@ -346,6 +542,7 @@ impl Observer {
 
     /// Tells subscribers a build is stuck.
     pub fn stuck(&self, build: &Build, idle: Duration) {
+        self.update(build.id, |live| live.stuck = true);
         tracing::warn!(
             build = %build.id, rule = %build.rule, label = %build.label,
             "no progress for {} while {}; check PatchKit's status and the network",
@@ -377,18 +574,6 @@ impl Observer {
         self.emit(EventKind::Stuck, build, Some(text));
     }
 
-    /// The counters now.
-    pub fn counters(&self) -> Counters {
-        let mut counters = self.inner.counters.lock().expect("observer lock").clone();
-        for b in self.inner.builds.lock().expect("observer lock").values() {
-            *counters
-                .builds_by_state
-                .entry(b.state.name().to_owned())
-                .or_default() += 1;
-        }
-        counters
-    }
-
     /// A one-line summary for systemd's STATUS=, e.g. "uploading mygame
     /// 1.4.2: 45%, 12.0 MiB/s; 2 queued".
     pub fn summary(&self, running: &[Build], queued: usize) -> String {
@@ -404,6 +589,12 @@ impl Observer {
                     if let Some(r) = l.bytes_per_second {
                         s.push_str(&format!(", {:.1} MiB/s", r / (1024.0 * 1024.0)));
                     }
+                    if let Some(retry) = &l.request_retry {
+                        s.push_str(&format!(
+                            ", retrying {} (attempt {})",
+                            retry.endpoint, retry.attempt
+                        ));
+                    }
                 }
                 s
             })
@@ -416,5 +607,35 @@ impl Observer {
         } else {
             parts.join("; ")
         }
+    }
+}
+
+/// The [`RetryWatch`] of one build's worker.
+struct BuildRetries {
+    observer: Observer,
+    id: BuildId,
+}
+
+impl RetryWatch for BuildRetries {
+    fn retrying(&self, retry: &RequestRetry) {
+        self.observer
+            .inner
+            .metrics
+            .request_retried(retry.endpoint, retry.class);
+        let delay_ms = u64::try_from(retry.delay.as_millis()).unwrap_or(u64::MAX);
+        let status = RequestRetryStatus {
+            endpoint: retry.endpoint.to_string(),
+            class: retry.class.as_str().to_owned(),
+            attempt: retry.attempt,
+            last_error: retry.error.clone(),
+            next_try_at: now_ms().saturating_add(delay_ms),
+        };
+        self.observer
+            .update(self.id, |live| live.request_retry = Some(status));
+        self.observer.inner.moved.notify_one();
+    }
+
+    fn answered(&self) {
+        self.observer.request_settled(self.id);
     }
 }

@@ -33,15 +33,23 @@ pub enum WorkerEnd {
 }
 
 /// Runs `build` until it finishes or must wait. `key_retry` is the pause
-/// after a refused key. A finished build's hold on PatchKit's global lock
-/// is let go.
+/// after a refused key. Every request retry made on the way is reported to
+/// the observer as the build's own. A finished build's hold on PatchKit's
+/// global lock is let go.
 pub async fn drive(
     ctx: StageCtx,
     build: Build,
     retry: RetryPolicy,
     key_retry: Duration,
 ) -> WorkerEnd {
-    let end = drive_steps(&ctx, build, retry, key_retry).await;
+    let observer = ctx.observer.clone();
+    let id = build.id;
+    observer.worker_started(&build);
+    let watch = observer.retry_watch(&build);
+    let end =
+        crate::patchkit::watched(watch, drive_build(ctx.clone(), build, retry, key_retry)).await;
+    // Stopped mid-retry (shutdown, cancel): nothing is being retried now.
+    observer.request_settled(id);
     if let WorkerEnd::Finished(build) = &end
         && let Ok(record) = ctx.store.coordination(build.id)
         && let Some(owner) = &record.owner
@@ -51,13 +59,12 @@ pub async fn drive(
     end
 }
 
-async fn drive_steps(
-    ctx: &StageCtx,
+async fn drive_build(
+    ctx: StageCtx,
     mut build: Build,
     retry: RetryPolicy,
     key_retry: Duration,
 ) -> WorkerEnd {
-    let ctx = ctx.clone();
     let id = build.id;
     loop {
         if build.state.is_terminal() {
@@ -112,7 +119,7 @@ async fn drive_steps(
                     stage = %build.state.stage(), attempt = build.attempts + 1,
                     retry_in = ?delay, "{err}; will retry"
                 );
-                ctx.observer.retried(error_class(&err));
+                ctx.observer.build_retried(&build);
                 record(&ctx, &build, &err, delay)
                     .await
                     .map(WorkerEnd::Retry)
@@ -123,7 +130,7 @@ async fn drive_steps(
                      the key (api_key_env, api_key_file or the systemd credential) and the \
                      daemon retries every {}", humantime::format_duration(key_retry)
                 );
-                ctx.observer.retried("unauthorized");
+                ctx.observer.build_retried(&build);
                 record(&ctx, &build, &err, key_retry)
                     .await
                     .map(WorkerEnd::KeyRefused)
@@ -182,28 +189,6 @@ async fn step_holding(
     let result = step(&held, build).await;
     watch.abort();
     result
-}
-
-/// The error class a retry is counted under in metrics.
-fn error_class(err: &StepError) -> &'static str {
-    use crate::patchkit::ErrorKind;
-    match err {
-        StepError::Api(e) => match e.kind() {
-            ErrorKind::Transient { .. } => "transient",
-            ErrorKind::ChunkMismatch => "chunk_mismatch",
-            ErrorKind::Unauthorized => "unauthorized",
-            ErrorKind::Forbidden => "forbidden",
-            ErrorKind::NotFound => "not_found",
-            ErrorKind::BadRequest => "bad_request",
-            ErrorKind::Protocol => "protocol",
-        },
-        StepError::Io(_) => "io",
-        StepError::Busy(_) => "busy",
-        StepError::Fail { .. }
-        | StepError::Store(_)
-        | StepError::Cancelled
-        | StepError::Waiting(_) => "other",
-    }
 }
 
 async fn record(

@@ -503,7 +503,7 @@ async fn metrics_count_published_builds_and_uploaded_bytes() {
     let daemon = s.spawn(false, None);
     let url = daemon.metrics_url().await;
     const PUBLISHED: &str = "patchkit_autopublish_published_total{rule=\"rule-0\"}";
-    const BYTES: &str = "patchkit_autopublish_bytes_uploaded_total";
+    const BYTES: &str = "patchkit_autopublish_bytes_uploaded_total{rule=\"rule-0\"}";
 
     let before = scrape(&url).await;
     assert_eq!(
@@ -511,7 +511,8 @@ async fn metrics_count_published_builds_and_uploaded_bytes() {
         Some(1.0),
         "{before}"
     );
-    assert_eq!(sample(&before, PUBLISHED), None, "{before}");
+    // Every rule's series exist from the start, at 0.
+    assert_eq!(sample(&before, PUBLISHED), Some(0.0), "{before}");
     assert_eq!(sample(&before, BYTES), Some(0.0), "{before}");
 
     let file = s.drop_zip(0, "measured", chunks(2));
@@ -534,7 +535,7 @@ async fn metrics_count_published_builds_and_uploaded_bytes() {
             &after,
             "patchkit_autopublish_last_success_timestamp_seconds{rule=\"rule-0\"}"
         )
-        .is_some(),
+        .is_some_and(|t| t > 0.0),
         "{after}"
     );
     daemon.stop().await;

@@ -377,6 +377,7 @@ pub(super) async fn execute(endpoint: Endpoint, req: RequestBuilder) -> Result<R
         "PatchKit API call"
     );
     if status.is_success() {
+        super::retry::answered();
         Ok(Received { status, body })
     } else {
         Err(ApiError::from_response(endpoint, status, &headers, &body))

@@ -5,15 +5,22 @@
 //! The pipeline reuses all three for its own waits. Knows nothing about which
 //! calls are safe to repeat: callers decide that (see
 //! [`Endpoint::retry_safe`](super::Endpoint::retry_safe)).
+//!
+//! Also owns the report of each request retry ([`RequestRetry`]) to whoever
+//! watches the task that sends it ([`watched`], [`RetryWatch`]): a retry
+//! loop lives inside one request, so without this report an outage shorter
+//! than the give-up time would be visible only in the log.
 
 use std::fmt;
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use rand::Rng;
+use reqwest::StatusCode;
 use tokio::time::Instant;
 
-use super::error::ApiError;
+use super::error::{ApiError, Endpoint, ErrorKind};
 
 /// How long to wait between attempts, and when to stop.
 ///
@@ -147,8 +154,9 @@ impl Backoff {
     }
 }
 
-/// The one warning line per retry. Never holds the key: errors do not carry
-/// it, and neither do endpoints.
+/// The one warning line per retry, and the report of it to the task's
+/// [`RetryWatch`]. Never holds the key: errors do not carry it, and neither
+/// do endpoints.
 pub(crate) fn log_retry(what: impl fmt::Display, attempt: u32, delay: Duration, err: &ApiError) {
     tracing::warn!(
         endpoint = %what,
@@ -157,6 +165,96 @@ pub(crate) fn log_retry(what: impl fmt::Display, attempt: u32, delay: Duration, 
         "{err}; retry {attempt} in {}",
         humantime::format_duration(delay)
     );
+    let retry = RequestRetry {
+        endpoint: err.endpoint(),
+        class: RetryClass::of(err),
+        attempt,
+        delay,
+        error: err.to_string(),
+    };
+    // Outside a watched task (a CLI `check`) nobody is told: not an error.
+    let _ = WATCH.try_with(|watch| watch.retrying(&retry));
+}
+
+/// PatchKit answered a request with success: a retry under way in this task,
+/// if any, is over.
+pub(crate) fn answered() {
+    let _ = WATCH.try_with(|watch| watch.answered());
+}
+
+/// Why a request is sent again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum RetryClass {
+    /// No connection, a timeout or stall, a broken response, 5xx or 408.
+    Transient,
+    /// 429: PatchKit asked us to slow down.
+    RateLimited,
+    /// 412 on a chunk: its bytes arrived damaged.
+    ChunkMismatch,
+}
+
+impl RetryClass {
+    /// Every class, for series that must exist before their first event.
+    pub const ALL: [RetryClass; 3] = [
+        RetryClass::Transient,
+        RetryClass::RateLimited,
+        RetryClass::ChunkMismatch,
+    ];
+
+    /// The class of a failure that is being retried, from its status code
+    /// and kind (never from its message).
+    pub fn of(err: &ApiError) -> RetryClass {
+        match err.kind() {
+            ErrorKind::ChunkMismatch => RetryClass::ChunkMismatch,
+            _ if err.status() == Some(StatusCode::TOO_MANY_REQUESTS) => RetryClass::RateLimited,
+            _ => RetryClass::Transient,
+        }
+    }
+
+    /// The name in metrics and `status --json`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RetryClass::Transient => "transient",
+            RetryClass::RateLimited => "rate_limited",
+            RetryClass::ChunkMismatch => "chunk_mismatch",
+        }
+    }
+}
+
+/// One request that failed and is about to be sent again.
+#[derive(Debug, Clone)]
+pub struct RequestRetry {
+    /// The endpoint called.
+    pub endpoint: Endpoint,
+    /// Why it is repeated.
+    pub class: RetryClass,
+    /// Retries of this request so far, this one included (1 = the first).
+    pub attempt: u32,
+    /// The wait before it is sent again.
+    pub delay: Duration,
+    /// The failure, as the log says it (never the key).
+    pub error: String,
+}
+
+/// Told about the request retries of the task it watches (a build's worker).
+pub trait RetryWatch: Send + Sync {
+    /// A request failed and will be sent again after `retry.delay`.
+    fn retrying(&self, retry: &RequestRetry);
+    /// A request was answered with success.
+    fn answered(&self);
+}
+
+tokio::task_local! {
+    /// The watch of the current task. A task-local rather than a client
+    /// field: one client (one connection pool) serves every build, and the
+    /// retry must be told to the build that sent it.
+    static WATCH: Arc<dyn RetryWatch>;
+}
+
+/// Runs `work` with `watch` told about every request retry made inside it
+/// (not in tasks it spawns).
+pub async fn watched<F: Future>(watch: Arc<dyn RetryWatch>, work: F) -> F::Output {
+    WATCH.scope(watch, work).await
 }
 
 #[cfg(test)]
@@ -257,6 +355,79 @@ mod tests {
             .unwrap();
         assert_eq!(out, 4);
         assert!(started.elapsed() <= Duration::from_millis(100 + 200 + 400));
+    }
+
+    /// Records what a watched task reports.
+    #[derive(Default)]
+    struct Seen(std::sync::Mutex<Vec<String>>);
+
+    impl RetryWatch for Seen {
+        fn retrying(&self, r: &RequestRetry) {
+            self.0.lock().unwrap().push(format!(
+                "{} {} {} {}",
+                r.endpoint,
+                r.class.as_str(),
+                r.attempt,
+                r.error
+            ));
+        }
+        fn answered(&self) {
+            self.0.lock().unwrap().push("answered".into());
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn each_request_retry_is_reported_to_the_tasks_watch() {
+        let seen = Arc::new(Seen::default());
+        let calls = Cell::new(0);
+        let rate_limited = || {
+            ApiError::from_response(
+                Endpoint::GetJob,
+                StatusCode::TOO_MANY_REQUESTS,
+                &reqwest::header::HeaderMap::new(),
+                b"",
+            )
+        };
+        let out = watched(
+            seen.clone(),
+            policy().run(|| {
+                calls.set(calls.get() + 1);
+                let n = calls.get();
+                let err = if n == 2 { rate_limited() } else { transient() };
+                async move {
+                    if n < 3 {
+                        Err(err)
+                    } else {
+                        answered();
+                        Ok(n)
+                    }
+                }
+            }),
+        )
+        .await
+        .unwrap();
+        assert_eq!(out, 3);
+        let seen = seen.0.lock().unwrap().clone();
+        assert_eq!(seen.len(), 3, "{seen:?}");
+        assert!(
+            seen[0].starts_with("GET /1/background_jobs/{guid} transient 1 "),
+            "{seen:?}"
+        );
+        assert!(
+            seen[1].starts_with("GET /1/background_jobs/{guid} rate_limited 2 "),
+            "{seen:?}"
+        );
+        assert_eq!(seen[2], "answered");
+        // Outside a watched task nothing is told, and nothing breaks.
+        let calls = Cell::new(0);
+        policy()
+            .run(|| {
+                calls.set(calls.get() + 1);
+                let n = calls.get();
+                async move { if n < 2 { Err(transient()) } else { Ok(()) } }
+            })
+            .await
+            .unwrap();
     }
 
     #[tokio::test(start_paused = true)]
