@@ -428,6 +428,7 @@ async fn one_request_retry_counts_once_and_the_last_publish_survives_a_restart()
         (Endpoint::CreateUpload, "create_upload"),
         (Endpoint::UploadChunk, "chunk"),
         (Endpoint::GetJob, "job"),
+        (Endpoint::AcquireLock, "acquire_lock"),
     ] {
         let route = endpoint.to_string();
         let failed = snap.count(&route, "500") + snap.count(&route, "503");
