@@ -14,7 +14,7 @@
 //! `store`, `state` (the build state machine), `scheduler`, `daemon` (the
 //! async shell around the scheduler), `worker`, `stages`, `policy`,
 //! `patchkit` (the API client); around them `config`, `template`, `archive`,
-//! `observe`, `control`, `systemd`, `metrics`, `webhook`, `logging`,
+//! `observe`, `control`, `systemd`, `metrics`, `webhook`, `logging`, `text`,
 //! `dispose`, `check`, `clock`, `crashpoint`; `sandbox` (a strict PatchKit
 //! emulator for tests, `sandbox` and `demo`) and `demo`. ARCHITECTURE.md has
 //! the map and the invariants.
@@ -44,6 +44,7 @@ pub mod state;
 pub mod store;
 pub mod systemd;
 pub mod template;
+pub mod text;
 pub mod watcher;
 pub mod webhook;
 pub mod worker;

@@ -233,7 +233,11 @@ async fn control(args: BuildArg, what: Control) -> ExitCode {
         Ok(Reached::Daemon(response)) => {
             return match (response.ok, response.builds.first()) {
                 (true, Some(row)) => {
-                    println!("build {}: {}", row.id, row.detail);
+                    println!(
+                        "build {}: {}",
+                        row.id,
+                        patchkit_autopublish::text::escaped(&row.detail)
+                    );
                     ExitCode::SUCCESS
                 }
                 _ => fail(
@@ -253,7 +257,11 @@ async fn control(args: BuildArg, what: Control) -> ExitCode {
     };
     match result {
         Ok(build) => {
-            println!("build {}: {}", build.id, build.state);
+            println!(
+                "build {}: {}",
+                build.id,
+                patchkit_autopublish::text::escaped(&build.state.to_string())
+            );
             ExitCode::SUCCESS
         }
         Err(err) => fail(EXIT_FAILURE, &anyhow::Error::new(err)),
@@ -418,6 +426,9 @@ fn print_table(rows: &[BuildRow]) {
                 r.attempts.to_string(),
                 error(r),
             ]
+            // Labels and errors may carry a file name's control characters:
+            // each row stays one line.
+            .map(|cell| patchkit_autopublish::text::escaped(&cell).into_owned())
         })
         .collect();
     let header = [

@@ -382,16 +382,34 @@ async fn webhooks_get_published_and_failed_in_each_format() {
     assert_eq!(json["label"], "good-1");
     assert_eq!(json["version_id"], version);
     assert_eq!(json["app"], "app-0");
+    // The sandbox names each app after its secret; the link goes to the
+    // app's page by its id.
+    assert_eq!(json["app_name"], "app-0", "{json:#}");
+    let link = json["app_url"].as_str().unwrap().to_owned();
+    assert!(
+        link.starts_with("https://panel.patchkit.net/apps/") && link.len() > 32,
+        "{link}"
+    );
+    assert!(!json["host"].as_str().unwrap().is_empty(), "{json:#}");
     let slack = body(&published, "slack");
     let text = slack["text"].as_str().unwrap();
-    for part in ["rule-0", "good-1", &format!("version {version}")] {
+    for part in ["*app-0*", "good-1", &format!("version {version}")] {
         assert!(text.contains(part), "{part} not in {text}");
     }
+    assert_eq!(slack["attachments"][0]["color"], "#2eb67d", "{slack:#}");
+    let blocks = slack["attachments"][0]["blocks"].to_string();
+    assert!(
+        blocks.contains("rule-0") && blocks.contains(&link),
+        "{blocks}"
+    );
     let discord = body(&published, "discord");
-    let content = discord["content"].as_str().unwrap();
-    for part in ["rule-0", "good-1", &format!("version {version}")] {
-        assert!(content.contains(part), "{part} not in {content}");
+    let embed = &discord["embeds"][0];
+    let title = embed["title"].as_str().unwrap();
+    for part in ["app-0", "good-1", &format!("version {version}")] {
+        assert!(title.contains(part), "{part} not in {title}");
     }
+    assert_eq!(embed["url"], link.as_str());
+    assert_eq!(embed["color"], 0x2eb67d);
     assert_eq!(discord["allowed_mentions"]["parse"], serde_json::json!([]));
 
     // Last on this app: its failed draft stays, and nothing comes after it.
@@ -404,13 +422,15 @@ async fn webhooks_get_published_and_failed_in_each_format() {
         json["reason"].as_str().unwrap().contains(PROCESSING_ERROR),
         "{json:#}"
     );
-    for (name, key) in [("slack", "text"), ("discord", "content")] {
-        let text = body(&failed, name)[key].as_str().unwrap().to_owned();
+    for name in ["slack", "discord"] {
+        let text = body(&failed, name).to_string();
         assert!(
             text.contains("bad-1") && text.contains(PROCESSING_ERROR),
             "{text}"
         );
     }
+    assert_eq!(body(&failed, "slack")["attachments"][0]["color"], "#e01e5a");
+    assert_eq!(body(&failed, "discord")["embeds"][0]["color"], 0xe01e5a);
     daemon.stop().await;
     s.logs_without_key();
 }

@@ -78,7 +78,13 @@ pub struct Notify {
     pub events: Vec<crate::observe::EventKind>,
     /// Only builds of these rules; empty means every rule.
     pub rules: Vec<String>,
+    /// PatchKit's panel, for a link to the app's page in chat messages.
+    pub panel_url: Url,
 }
+
+/// PatchKit's web panel; an app's page is `/apps/{id}` under it (the link
+/// PatchKit's own Unity tools open).
+pub const DEFAULT_PANEL_URL: &str = "https://panel.patchkit.net";
 
 impl Notify {
     /// The URL without path or query, for logs.
@@ -798,13 +804,32 @@ impl<'s> Validator<'s> {
                     }
                 }
             };
-            match (url, format, events, only) {
-                (Some(url), Some(format), Some(events), Some(rules)) => out.push(Notify {
-                    url,
-                    format,
-                    events,
-                    rules,
-                }),
+            let panel_url = match &raw.panel_url {
+                None => Some(Url::parse(DEFAULT_PANEL_URL).expect("the default URL is valid")),
+                Some(u) => match Url::parse(u.get_ref().trim()) {
+                    Ok(url) if matches!(url.scheme(), "http" | "https") => Some(url),
+                    _ => {
+                        self.problems.at(
+                            u.span(),
+                            format!(
+                                "{ctx} panel_url: expected an http:// or https:// URL, such as \
+                                 \"{DEFAULT_PANEL_URL}\""
+                            ),
+                        );
+                        None
+                    }
+                },
+            };
+            match (url, format, events, only, panel_url) {
+                (Some(url), Some(format), Some(events), Some(rules), Some(panel_url)) => {
+                    out.push(Notify {
+                        url,
+                        format,
+                        events,
+                        rules,
+                        panel_url,
+                    })
+                }
                 _ => ok = false,
             }
         }

@@ -85,6 +85,7 @@ pub struct RawNotify {
     pub format: Option<Spanned<String>>,
     pub events: Option<Spanned<Vec<String>>>,
     pub rules: Option<Spanned<Vec<String>>>,
+    pub panel_url: Option<Spanned<String>>,
 }
 
 impl Expected for RawPatchkit {
@@ -148,6 +149,7 @@ impl Expected for RawNotify {
             "format" => "\"json\", \"slack\" or \"discord\"",
             "events" => "a list of event names, such as [\"published\", \"failed\"]",
             "rules" => "a list of rule names, such as [\"mygame-windows\"]",
+            "panel_url" => "a URL in quotes, such as \"https://panel.patchkit.net\"",
             _ => return None,
         })
     }
