@@ -662,8 +662,8 @@ impl Daemon {
             // One line per problem: log lines are single lines.
             Err(ConfigError::Invalid { path, problems }) => {
                 tracing::error!(
-                    "the new config {} is refused, the old one stays in force; {} problem(s) \
-                     follow",
+                    "the new config is refused, the old one stays in force: {} has {} \
+                     problem(s)",
                     path.display(),
                     problems.len()
                 );

@@ -730,3 +730,31 @@ async fn a_new_log_dir_is_created_without_a_spurious_error() {
     let files: Vec<_> = std::fs::read_dir(&logs).unwrap().collect();
     assert_eq!(files.len(), 1, "one daily log file");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_name_with_control_characters_forges_no_log_line_label_or_status_row() {
+    let s = Setup::new(1).start().await;
+    let daemon = s.spawn(false, None);
+    s.until_socket().await;
+    // A name that would start a fake log line and repaint a terminal.
+    let forged = "2026-01-01T00:00:00.000000Z ERROR patchkit_autopublish: forged";
+    let name = format!("Game\n{forged}\u{1b}[2J\r");
+    s.drop_zip(0, &name, 1000);
+    let label = format!("Game{forged}[2J");
+    s.until_published("app-0", &label).await;
+    daemon.stop().await;
+
+    let logs = s.logs_without_key();
+    assert!(logs.contains("Game\\n2026-01-01T00:00:00"), "{logs}");
+    for line in logs.lines() {
+        assert!(!line.starts_with("2026-01-01"), "forged line {line:?}");
+        assert!(!line.contains('\u{1b}') && !line.contains('\r'), "{line:?}");
+    }
+    let status = s.run_cli(&["status", "--all"]);
+    assert_eq!(status.code, Some(0), "{status:?}");
+    let rows: Vec<&str> = status.stdout.lines().collect();
+    assert_eq!(rows.len(), 2, "a header and one row: {rows:#?}");
+    assert!(rows[1].contains(&label), "{rows:#?}");
+    let json = s.status_rows();
+    assert_eq!(json[0]["label"], label.as_str());
+}
