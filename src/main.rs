@@ -44,6 +44,9 @@ async fn dispatch(cli: Cli) -> ExitCode {
     // `run` sets up logging from its config; the other commands log little.
     let _guard = match &cli.command {
         Command::Run(_) => None,
+        // `check` reports every problem itself, once; the client's retry
+        // warnings would only repeat them.
+        Command::Check(_) => logging::init("error", None).ok(),
         // The other commands print their own results; only problems are
         // logged.
         _ => logging::init("warn", None).ok(),

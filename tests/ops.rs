@@ -758,3 +758,132 @@ async fn a_file_name_with_control_characters_forges_no_log_line_label_or_status_
     let json = s.status_rows();
     assert_eq!(json[0]["label"], label.as_str());
 }
+
+/// The lines of `check`'s report that mention `needle`.
+fn lines_with<'a>(out: &'a str, needle: &str) -> Vec<&'a str> {
+    out.lines().filter(|l| l.contains(needle)).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_lists_every_file_it_ignores_with_the_reason() {
+    use std::os::unix::fs::symlink;
+    let s = Setup::new(2)
+        .rule(0, r"filename_regex = '^Game-[0-9.]+\.zip$'")
+        .start()
+        .await;
+    let folder = s.folder(0);
+    s.drop_zip(0, "Game-1.0", 1000);
+    s.drop_zip(0, "Other", 1000);
+    harness::write_zip(&folder.join("Game-1.1.ZIP"), "upper", 1000);
+    harness::write_zip(&folder.join("Game-1.2.zip.part"), "part", 1000);
+    harness::write_zip(&folder.join(".Game-1.3.zip"), "hidden", 1000);
+    symlink("/nonexistent/Game-1.4.zip", folder.join("Game-1.4.zip")).unwrap();
+    std::fs::create_dir(folder.join("Game-1.5.zip")).unwrap();
+    let fifo = std::ffi::CString::new(folder.join("Game-1.6.zip").to_str().unwrap()).unwrap();
+    // SAFETY: a NUL-terminated path that outlives the call.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+    std::fs::write(folder.join("notes.txt"), "x").unwrap();
+    // A build of rule 1's folder that rule 0 also takes, through a symlink:
+    // the daemon takes it for neither.
+    let shared = s.drop_zip(1, "Game-2.0", 1000);
+    symlink(&shared.path, folder.join("Game-2.0.zip")).unwrap();
+
+    let out = s.run_cli(&["check"]);
+    assert_eq!(out.code, Some(2), "{out:?}");
+    let report = &out.stdout;
+    let expect = [
+        ("Game-1.0.zip", "would be taken now"),
+        ("Other.zip", "not filename_regex"),
+        (
+            "Game-1.1.ZIP",
+            "does not match \"*.zip\", which is case-sensitive",
+        ),
+        ("Game-1.2.zip.part", "not matching \"*.zip\""),
+        (".Game-1.3.zip", "ignore list"),
+        (
+            "Game-1.4.zip",
+            "a symlink to /nonexistent/Game-1.4.zip, which does not exist",
+        ),
+        ("Game-1.5.zip", "a folder, not a ZIP file"),
+        ("Game-1.6.zip", "a FIFO (named pipe), not a ZIP file"),
+        ("notes.txt", "not matching \"*.zip\""),
+        ("Game-2.0.zip", "is also taken by rule(s) [\"rule-1\"]"),
+    ];
+    for (file, reason) in expect {
+        let lines = lines_with(report, file);
+        assert!(
+            lines.iter().any(|l| l.contains(reason)),
+            "{file}: no line says {reason:?}:\n{report}"
+        );
+    }
+    // Likely mistakes are warnings; the two rules taking one file is a
+    // problem, named from both sides.
+    for file in [
+        "Game-1.1.ZIP",
+        "Game-1.4.zip",
+        "Game-1.5.zip",
+        "Game-1.6.zip",
+    ] {
+        assert!(
+            lines_with(report, file)[0].starts_with("warning  rule \"rule-0\""),
+            "{report}"
+        );
+    }
+    assert_eq!(
+        lines_with(report, "is also taken by rule(s)").len(),
+        2,
+        "{report}"
+    );
+    assert!(out.stderr.contains("2 problem(s) found"), "{out:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_refuses_what_run_would_refuse_at_start() {
+    let s = Setup::new(1).start().await;
+    // An address in use, and folders that cannot be created.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    s.daemon_line(&format!("metrics = \"{addr}\""));
+    s.daemon_line("log_dir = \"/proc/no-such/logs\"");
+    let out = s.run_cli(&["check"]);
+    assert_eq!(out.code, Some(2), "{out:?}");
+    let problems: Vec<&str> = lines_with(&out.stdout, "problem ");
+    assert_eq!(problems.len(), 2, "{out:?}");
+    assert!(
+        problems[0].contains("[daemon] log_dir: cannot write in /proc"),
+        "{problems:#?}"
+    );
+    assert!(
+        problems[1].contains(&format!("[daemon] metrics: cannot listen on {addr}")),
+        "{problems:#?}"
+    );
+    // `run` refuses the same config, and `check` said so first.
+    let run = s.run_cli(&["run", "--once"]);
+    assert_ne!(run.code, Some(0), "{run:?}");
+
+    // A state directory whose control socket path is too long for a Unix
+    // socket: `run` could not listen, so the config is refused for both.
+    drop(taken);
+    s.edit_config(|t| {
+        t.lines()
+            .filter(|l| !l.starts_with("metrics") && !l.starts_with("log_dir"))
+            .map(|l| {
+                if l.starts_with("state_dir") {
+                    format!("state_dir = \"/tmp/{}\"", "s".repeat(100))
+                } else {
+                    l.to_owned()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    });
+    for command in ["check", "run"] {
+        let out = s.run_cli(&[command]);
+        assert_eq!(out.code, Some(2), "{command}: {out:?}");
+        assert!(
+            out.stderr
+                .contains("[daemon] state_dir: the control socket"),
+            "{command}: {out:?}"
+        );
+    }
+}
