@@ -542,6 +542,11 @@ impl Daemon {
                 let result = retry_build(&self.store, id, force).await;
                 let inputs = match &result {
                     Ok(build) => {
+                        // Before its worker starts: the file must be where
+                        // the build reads it.
+                        if let Some(rule) = self.config.rule(&build.rule) {
+                            dispose::bring_back(rule, build).await;
+                        }
                         tracing::info!(build = %id, "retrying build from a fresh upload");
                         vec![Input::Waiting(self.waiting(build))]
                     }

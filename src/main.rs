@@ -258,6 +258,14 @@ async fn control(args: BuildArg, what: Control) -> ExitCode {
         }
         Control::Cancel => patchkit_autopublish::control::cancel_build(&store, args.build).await,
     };
+    let retried = matches!(what, Control::Retry { .. });
+    if let (true, Ok(build), Ok(config)) = (retried, &result, Config::load(&args.config.config))
+        && let Some(rule) = config.rule(&build.rule)
+    {
+        // No daemon runs: move a file `on_failure` moved away back now, so
+        // the next start finds it where the build reads it.
+        patchkit_autopublish::dispose::bring_back(rule, build).await;
+    }
     match result {
         Ok(build) => {
             println!(

@@ -887,3 +887,107 @@ async fn check_refuses_what_run_would_refuse_at_start() {
         );
     }
 }
+
+/// A rule 0 that moves failed files to a `failed` folder and refuses a
+/// draft in its way; the app has a draft made by hand. Returns the folder.
+async fn failing_on_a_foreign_draft(s: &harness::Scenario) -> std::path::PathBuf {
+    let failed = s.dir.path().join("failed");
+    s.set_rule_key(0, "on_failure", r#""move""#);
+    s.set_rule_key(
+        0,
+        "failed_folder",
+        &format!("{:?}", failed.display().to_string()),
+    );
+    s.create_draft("app-0", "made-by-hand").await;
+    failed
+}
+
+/// Waits until `path` exists (or, with `gone`, no longer exists).
+async fn until_file(path: &std::path::Path, gone: bool) {
+    harness::until(&format!("{} exists: {}", path.display(), !gone), || {
+        path.exists() != gone
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_moves_a_moved_file_back_and_removes_its_note() {
+    let s = Setup::new(1).start().await;
+    let failed = failing_on_a_foreign_draft(&s).await;
+    let daemon = s.spawn(false, None);
+    s.until_socket().await;
+    let file = s.drop_zip(0, "Game-1", 1000);
+    let row = s.until_state("Game-1", "failed").await;
+    let id = row["id"].as_str().unwrap().to_owned();
+    let moved = failed.join("Game-1.zip");
+    let note = failed.join("Game-1.zip.error.txt");
+    until_file(&note, false).await;
+    assert!(!file.path.exists());
+
+    // The note's advice fits a moved file: retry brings it back itself.
+    let text = std::fs::read_to_string(&note).unwrap();
+    assert!(
+        text.contains(&format!("patchkit-autopublish retry {id}")),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "The retry moves this file back to {}",
+            file.path.display()
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("Moved to: {}", moved.display())),
+        "{text}"
+    );
+
+    // The operator fixes the cause (lets the build take the draft over),
+    // then retries.
+    s.set_rule_key(0, "existing_draft", r#""take_over""#);
+    daemon.signal("HUP");
+    daemon.until_log("config reloaded", 1).await;
+    let out = s.run_cli(&["retry", &id]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    s.until_published("app-0", "Game-1").await;
+    daemon.stop().await;
+
+    assert!(file.path.exists(), "the file is back where it was dropped");
+    assert!(
+        !moved.exists() && !note.exists(),
+        "{:?}",
+        std::fs::read_dir(&failed).unwrap().collect::<Vec<_>>()
+    );
+    let rows = s.status_rows();
+    assert_eq!(
+        rows.len(),
+        1,
+        "one build, not a second for the file moved back: {rows:#?}"
+    );
+    s.logs_without_key();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_note_goes_once_a_file_moved_back_by_hand_is_published() {
+    let s = Setup::new(1).start().await;
+    let failed = failing_on_a_foreign_draft(&s).await;
+    let daemon = s.spawn(false, None);
+    s.until_socket().await;
+    let file = s.drop_zip(0, "Game-1", 1000);
+    let row = s.until_state("Game-1", "failed").await;
+    let id = row["id"].as_str().unwrap().to_owned();
+    let note = failed.join("Game-1.zip.error.txt");
+    until_file(&note, false).await;
+
+    // Moved back with mv, as the note allows: the same file, not a new build.
+    std::fs::rename(failed.join("Game-1.zip"), &file.path).unwrap();
+    s.set_rule_key(0, "existing_draft", r#""take_over""#);
+    daemon.signal("HUP");
+    daemon.until_log("config reloaded", 1).await;
+    let out = s.run_cli(&["retry", &id]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    s.until_published("app-0", "Game-1").await;
+    until_file(&note, true).await;
+    daemon.stop().await;
+    assert_eq!(s.status_rows().len(), 1);
+}
