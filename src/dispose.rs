@@ -243,10 +243,15 @@ fn note_header(build: &Build) -> String {
          File:     {file}\n\
          Rule:     {rule}\n\
          Build:    {id}\n",
-        file = build.file.display(),
+        file = shown(&build.file),
         rule = build.rule,
         id = build.id,
     )
+}
+
+/// A path as the note shows it: one line, control characters escaped.
+fn shown(path: &Path) -> String {
+    crate::text::escaped(&path.display().to_string()).into_owned()
 }
 
 async fn write_error_note(build: &Build, moved: &Path) {
@@ -281,10 +286,11 @@ async fn write_error_note(build: &Build, moved: &Path) {
          Moving the file back by hand works too, with mv (it keeps the file's time);\n\
          a copy with a new time would be taken as a new build.\n",
         header = note_header(build),
-        file = build.file.display(),
-        moved = moved.display(),
+        file = shown(&build.file),
+        moved = shown(moved),
         id = build.id,
-        label = build.label,
+        label = crate::text::escaped(&build.label),
+        reason = crate::text::escaped(reason),
     );
     let note_path = note_path(moved);
     if let Err(err) = tokio::fs::write(&note_path, note).await {

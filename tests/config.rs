@@ -510,3 +510,15 @@ fn a_state_dir_too_long_for_the_control_socket_is_refused() {
     let fits = format!("/srv/{}", "d".repeat(89));
     parse(&format!("[daemon]\nstate_dir = \"{fits}\"\n{MINIMAL}")).unwrap();
 }
+
+#[test]
+fn an_unreadable_config_says_its_cause_once() {
+    let err = Config::load(Path::new("/nonexistent/pka/config.toml")).unwrap_err();
+    // `main` prints the whole chain.
+    let shown = format!("{:#}", anyhow::Error::new(err));
+    assert_eq!(
+        shown,
+        "cannot read config file /nonexistent/pka/config.toml: No such file or directory (os \
+         error 2)"
+    );
+}

@@ -33,13 +33,10 @@ impl fmt::Display for Problem {
 /// Why a config file could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    /// The file could not be read at all.
-    #[error("cannot read config file {}: {source}", path.display())]
-    Read {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    /// The file could not be read at all. The cause is in the message and
+    /// not a `source`, so a chain printed with `{:#}` says it once.
+    #[error("cannot read config file {}: {cause}", path.display())]
+    Read { path: PathBuf, cause: std::io::Error },
     /// The file was read, and these are all the problems in it.
     #[error("{}", render(path, problems))]
     Invalid {
