@@ -45,7 +45,10 @@ pub enum RecoverError {
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("cannot move the damaged store {} aside: {cause}", path.display())]
-    MoveAside { path: PathBuf, cause: std::io::Error },
+    MoveAside {
+        path: PathBuf,
+        cause: std::io::Error,
+    },
 }
 
 /// Recovers the store of `config`'s state directory. The daemon must be

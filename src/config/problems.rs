@@ -36,7 +36,10 @@ pub enum ConfigError {
     /// The file could not be read at all. The cause is in the message and
     /// not a `source`, so a chain printed with `{:#}` says it once.
     #[error("cannot read config file {}: {cause}", path.display())]
-    Read { path: PathBuf, cause: std::io::Error },
+    Read {
+        path: PathBuf,
+        cause: std::io::Error,
+    },
     /// The file was read, and these are all the problems in it.
     #[error("{}", render(path, problems))]
     Invalid {
