@@ -73,7 +73,23 @@ pub async fn check_with(config: &Config, place: &KeyPlace) -> Report {
         config.path.display(),
         config.rules.len()
     ));
+    // What the daemon needs of this machine, checked before the key: a
+    // missing key must not hide a state directory it could not write.
+    let (builds, running) = known_builds(config, &mut report).await;
+    startup(config, running, &mut report).await;
+    let known = by_file(&builds);
+    let claims = claims(config);
     let Some((key, origin)) = load_key(config, place, &mut report) else {
+        // Without a key PatchKit cannot be asked; the folders still can.
+        for rule in &config.rules {
+            files_now(
+                &mut report,
+                &format!("rule {:?}", rule.name),
+                rule,
+                &known,
+                &claims,
+            );
+        }
         return report;
     };
     let client = match Client::new(check_options(config, key)) {
@@ -83,18 +99,21 @@ pub async fn check_with(config: &Config, place: &KeyPlace) -> Report {
             return report;
         }
     };
-    let builds = known_builds(config).await;
-    let known = by_file(&builds);
     let mut key_works = true;
+    let mut reachable = true;
     for rule in &config.rules {
         let who = format!("rule {:?}", rule.name);
+        if !reachable {
+            files_now(&mut report, &who, rule, &known, &claims);
+            continue;
+        }
         match client.get_app(&rule.app_secret).await {
             Ok(app) if app.refuses_direct_uploads() => {
                 report.problem(format!(
                     "{who}: {}",
                     crate::stages::channel_reason(&app, &rule.name)
                 ));
-                files_now(&mut report, &who, rule, &known);
+                files_now(&mut report, &who, rule, &known, &claims);
                 continue;
             }
             Ok(app) => report.ok(format!(
@@ -108,7 +127,7 @@ pub async fn check_with(config: &Config, place: &KeyPlace) -> Report {
                     key_works = false;
                     report.problem(refused(&origin, &err));
                 }
-                files_now(&mut report, &who, rule, &known);
+                files_now(&mut report, &who, rule, &known, &claims);
                 continue;
             }
             Err(err) if err.kind() == ErrorKind::NotFound => {
@@ -123,7 +142,9 @@ pub async fn check_with(config: &Config, place: &KeyPlace) -> Report {
             // the same after the same wait.
             Err(err) if err.is_transient() && err.status().is_none() => {
                 report.problem(unreachable(config, &err));
-                break;
+                reachable = false;
+                files_now(&mut report, &who, rule, &known, &claims);
+                continue;
             }
             Err(err) => {
                 report.problem(format!("{who}: cannot read the app: {err}"));
@@ -216,7 +237,7 @@ pub async fn check_with(config: &Config, place: &KeyPlace) -> Report {
                 Err(err) => report.problem(format!("{who}: cannot list versions: {err}")),
             }
         }
-        files_now(&mut report, &who, rule, &known);
+        files_now(&mut report, &who, rule, &known, &claims);
     }
     report
 }
@@ -354,19 +375,97 @@ fn credential_mode(path: &Path, report: &mut Report) {
 
 /// The files the store already has builds for, by path and size, with the
 /// build id: from the running daemon, or from the store when none runs (and
-/// only if it exists: `check` creates nothing).
-async fn known_builds(config: &Config) -> Vec<BuildRow> {
+/// only if it exists: `check` creates nothing). Says whether a daemon
+/// answered; a store `run` would refuse is a problem.
+async fn known_builds(config: &Config, report: &mut Report) -> (Vec<BuildRow>, bool) {
     let dir = &config.daemon.state_dir;
     match control::ask(dir, &Request::Status { all: true }).await {
-        Ok(Some(response)) if response.ok => response.builds,
+        Ok(Some(response)) if response.ok => {
+            report.ok(format!("a daemon is running on {}", dir.display()));
+            (response.builds, true)
+        }
         _ if dir.join("db").exists() => {
             let dir = dir.clone();
             match tokio::task::spawn_blocking(move || Store::open(dir)).await {
-                Ok(Ok(store)) => control::status_rows(&store, None, true).unwrap_or_default(),
-                _ => Vec::new(),
+                Ok(Ok(store)) => (
+                    control::status_rows(&store, None, true).unwrap_or_default(),
+                    false,
+                ),
+                Ok(Err(err)) => {
+                    report.problem(format!("the daemon could not start: {err}"));
+                    (Vec::new(), false)
+                }
+                Err(_) => (Vec::new(), false),
             }
         }
-        _ => Vec::new(),
+        _ => (Vec::new(), false),
+    }
+}
+
+/// What `run` needs at start besides the config, the key and PatchKit: a
+/// state directory and a log folder it may write, and the metrics address
+/// free to listen on. Checked without creating anything.
+async fn startup(config: &Config, running: bool, report: &mut Report) {
+    let d = &config.daemon;
+    if !running {
+        writable(&d.state_dir, "[daemon] state_dir", report);
+    }
+    if let Some(dir) = &d.log_dir {
+        writable(dir, "[daemon] log_dir", report);
+    }
+    match (d.metrics, running) {
+        (None, _) => {}
+        (Some(addr), true) => report.ok(format!(
+            "[daemon] metrics: {addr} is the running daemon's to serve"
+        )),
+        (Some(addr), false) => match tokio::net::TcpListener::bind(addr).await {
+            Ok(listener) => {
+                drop(listener);
+                report.ok(format!("[daemon] metrics: {addr} is free to listen on"));
+            }
+            Err(err) => report.problem(format!(
+                "[daemon] metrics: cannot listen on {addr}: {err}; the daemon would not \
+                 start. Choose a free port, or an address of this machine"
+            )),
+        },
+    }
+}
+
+/// Reports whether this user may create and write files in `dir`, or
+/// create `dir` in its nearest existing parent.
+fn writable(dir: &Path, field: &str, report: &mut Report) {
+    let mut existing = dir;
+    while !existing.exists() {
+        match existing.parent() {
+            Some(parent) => existing = parent,
+            None => break,
+        }
+    }
+    // Permission bits do not tell (root, read-only mounts, /proc): a
+    // folder made and removed at once does.
+    let probe = existing.join(format!(
+        ".patchkit-autopublish-check.{}",
+        std::process::id()
+    ));
+    let tried = std::fs::create_dir(&probe).map(|()| {
+        let _ = std::fs::remove_dir(&probe);
+    });
+    match tried {
+        Ok(()) => {
+            let note = if existing == dir {
+                String::new()
+            } else {
+                format!(" (the daemon creates it in {})", existing.display())
+            };
+            report.ok(format!("{field}: {} is writable{note}", dir.display()));
+        }
+        Err(err) => report.problem(format!(
+            "{field}: cannot write in {} ({}), so the daemon could not start; create {} and \
+             let the daemon's user write to it (under systemd: ReadWritePaths=)",
+            existing.display(),
+            err,
+            dir.display()
+        )),
     }
 }
 
@@ -423,11 +522,32 @@ fn by_file(rows: &[BuildRow]) -> HashMap<Vec<u8>, String> {
         .collect()
 }
 
+/// Which rules take each file, by its canonical path: two rules whose
+/// folders are one on disk (a symlink, a bind mount) both take its files,
+/// and the daemon then takes them for neither.
+fn claims(config: &Config) -> HashMap<PathBuf, Vec<String>> {
+    let mut claims: HashMap<PathBuf, Vec<String>> = HashMap::new();
+    for rule in &config.rules {
+        let Ok(files) = scan_folder(&rule.watch_spec()) else {
+            continue;
+        };
+        for (id, take) in files {
+            if take == Take::Yes
+                && let Ok(real) = std::fs::canonicalize(&id.path)
+            {
+                claims.entry(real).or_default().push(rule.name.clone());
+            }
+        }
+    }
+    claims
+}
+
 fn files_now(
     report: &mut Report,
     who: &str,
     rule: &crate::config::Rule,
     known: &HashMap<Vec<u8>, String>,
+    claims: &HashMap<PathBuf, Vec<String>>,
 ) {
     let spec = rule.watch_spec();
     match scan_folder(&spec) {
@@ -441,7 +561,7 @@ fn files_now(
                 report.warn(format!(
                     "{who}: {} matches {:?} but not filename_regex, so it is not taken; rename \
                      it or change the rule",
-                    display_name(path, &rule.folder),
+                    shown_name(path, &rule.folder),
                     rule.pattern
                 ));
             }
@@ -456,15 +576,35 @@ fn files_now(
                 rule.pattern
             ));
             for (path, id) in taken {
+                let others: Vec<&String> = std::fs::canonicalize(path)
+                    .ok()
+                    .and_then(|real| claims.get(&real))
+                    .map(|rules| rules.iter().filter(|r| **r != rule.name).collect())
+                    .unwrap_or_default();
+                if !others.is_empty() {
+                    report.problem(format!(
+                        "{who}: {} is also taken by rule(s) {others:?} (it is the same file \
+                         on disk), so the daemon takes it for neither; give each rule its own \
+                         folder, patterns that cannot meet, or no symlink into the other's",
+                        shown_name(path, &rule.folder)
+                    ));
+                    continue;
+                }
                 let note = match known.get(&id.dedupe_key()) {
                     Some(build) => format!("already build {build}"),
                     None => "would be taken now".to_owned(),
                 };
                 report.lines.push(format!(
                     "           {} ({} bytes): {note}",
-                    display_name(path, &rule.folder),
+                    shown_name(path, &rule.folder),
                     id.size
                 ));
+            }
+            for (likely_mistake, line) in ignored(rule) {
+                match likely_mistake {
+                    true => report.warn(format!("{who}: {line}")),
+                    false => report.lines.push(format!("           {line}")),
+                }
             }
         }
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => report.warn(format!(
@@ -479,9 +619,135 @@ fn files_now(
     }
 }
 
-fn display_name(path: &Path, folder: &Path) -> String {
-    path.strip_prefix(folder)
+/// A path inside a rule folder as the report shows it: relative to the
+/// folder, control characters escaped.
+fn shown_name(path: &Path, folder: &Path) -> String {
+    let name = path
+        .strip_prefix(folder)
         .unwrap_or(path)
         .display()
-        .to_string()
+        .to_string();
+    crate::text::escaped(&name).into_owned()
+}
+
+/// Names in the folder of no interest to a rule that `ignored` lists by name
+/// at most; the rest are counted. A build folder also holds changelogs and
+/// `.error.txt` files; a few names show what they are.
+const OTHER_NAMES_SHOWN: usize = 10;
+
+/// Every entry of the rule's folder (and its sub-folders, for a recursive
+/// rule) that the rule does not take, with the reason, as report lines:
+/// names like builds that the pattern misses only by case, names in the
+/// ignore list, folders, FIFOs, sockets and devices named like builds, and
+/// symlinks that lead nowhere. Names `filename_regex` refuses are warned
+/// about already; other names are summed up. Each line comes with whether
+/// it is likely a mistake (a build that will never be published).
+fn ignored(rule: &crate::config::Rule) -> Vec<(bool, String)> {
+    let spec = rule.watch_spec();
+    let loose = globset::GlobBuilder::new(&rule.pattern)
+        .case_insensitive(true)
+        .literal_separator(true)
+        .build()
+        .ok()
+        .map(|g| g.compile_matcher());
+    let mut lines = Vec::new();
+    let mut others = Vec::new();
+    let mut stack = vec![spec.folder.clone()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        let mut entries: Vec<_> = entries.flatten().collect();
+        entries.sort_by_key(|e| e.file_name());
+        for entry in entries {
+            let name = entry.file_name();
+            let path = entry.path();
+            let shown = shown_name(&path, &rule.folder);
+            let Ok(kind) = entry.file_type() else {
+                continue;
+            };
+            let matches = spec.names.matcher.is_match(Path::new(&name));
+            if kind.is_dir() {
+                if spec.recursive && !spec.names.is_ignored(&name) {
+                    stack.push(path);
+                } else if matches {
+                    lines.push((
+                        true,
+                        format!("{shown}: not taken: a folder, not a ZIP file"),
+                    ));
+                }
+                continue;
+            }
+            let mut mistake = true;
+            let reason = if !matches {
+                match &loose {
+                    Some(loose) if loose.is_match(Path::new(&name)) => format!(
+                        "not taken: does not match {:?}, which is case-sensitive; rename it or \
+                         change the pattern",
+                        rule.pattern
+                    ),
+                    _ => {
+                        others.push(shown);
+                        continue;
+                    }
+                }
+            } else if spec.names.is_ignored(&name) {
+                mistake = false;
+                "not taken: its name is in the rule's ignore list (temporary and hidden \
+                 files); rename it when it is complete"
+                    .to_owned()
+            } else if kind.is_symlink() {
+                match std::fs::metadata(&path) {
+                    Err(_) => {
+                        let target = std::fs::read_link(&path)
+                            .map(|t| crate::text::escaped(&t.display().to_string()).into_owned())
+                            .unwrap_or_default();
+                        format!("not taken: a symlink to {target}, which does not exist")
+                    }
+                    Ok(meta) if meta.is_dir() => {
+                        "not taken: a symlink to a folder, not a ZIP file".to_owned()
+                    }
+                    Ok(meta) if !meta.is_file() => {
+                        "not taken: a symlink to a FIFO, socket or device, not a ZIP file"
+                            .to_owned()
+                    }
+                    Ok(_) => continue,
+                }
+            } else if !kind.is_file() {
+                use std::os::unix::fs::FileTypeExt;
+                let what = if kind.is_fifo() {
+                    "a FIFO (named pipe)"
+                } else if kind.is_socket() {
+                    "a socket"
+                } else {
+                    "a device"
+                };
+                format!("not taken: {what}, not a ZIP file")
+            } else {
+                // Taken, or refused by filename_regex: reported above.
+                continue;
+            };
+            lines.push((mistake, format!("{shown}: {reason}")));
+        }
+    }
+    if !others.is_empty() {
+        let mut names: Vec<&str> = others
+            .iter()
+            .map(String::as_str)
+            .take(OTHER_NAMES_SHOWN)
+            .collect();
+        if others.len() > OTHER_NAMES_SHOWN {
+            names.push("...");
+        }
+        lines.push((
+            false,
+            format!(
+                "{} other file(s) not matching {:?}, not taken: {}",
+                others.len(),
+                rule.pattern,
+                names.join(", ")
+            ),
+        ));
+    }
+    lines
 }

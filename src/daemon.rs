@@ -226,9 +226,11 @@ pub async fn run(
         watcher_cancel.clone(),
     )
     .await?;
+    let apps = app_lookup(daemon.client.known_apps());
     let mut notifier = crate::webhook::spawn(
         daemon.config.notify.clone(),
         &daemon.observer,
+        apps.clone(),
         watcher_cancel.clone(),
     );
     let metrics = match daemon.config.daemon.metrics {
@@ -312,6 +314,7 @@ pub async fn run(
                         &mut notifier,
                         daemon.config.notify.clone(),
                         &daemon.observer,
+                        apps.clone(),
                         &watcher_cancel,
                     );
                 }
@@ -575,6 +578,11 @@ impl Daemon {
                 let result = retry_build(&self.store, id, force).await;
                 let inputs = match &result {
                     Ok(build) => {
+                        // Before its worker starts: the file must be where
+                        // the build reads it.
+                        if let Some(rule) = self.config.rule(&build.rule) {
+                            dispose::bring_back(rule, build).await;
+                        }
                         tracing::info!(build = %id, "retrying build from a fresh upload");
                         vec![Input::Waiting(self.waiting(build))]
                     }
@@ -692,6 +700,19 @@ impl Daemon {
     fn reload(&mut self, reload: Result<Config, ConfigError>, watcher: &WatcherHandle) -> bool {
         let config = match reload {
             Ok(config) => config,
+            // One line per problem: log lines are single lines.
+            Err(ConfigError::Invalid { path, problems }) => {
+                tracing::error!(
+                    "the new config is refused, the old one stays in force: {} has {} \
+                     problem(s)",
+                    path.display(),
+                    problems.len()
+                );
+                for problem in problems {
+                    tracing::error!("{}:{problem}", path.display());
+                }
+                return false;
+            }
             Err(err) => {
                 tracing::error!("the new config is refused, the old one stays in force: {err}");
                 return false;
@@ -780,11 +801,18 @@ impl Daemon {
         earliest(wake, now_ms() + millis(after / 10).max(1000))
     }
 
+    /// Client options for `key`, sharing the apps the client has read.
+    fn client_options(&self, key: ApiKey) -> crate::patchkit::ClientOptions {
+        let mut opts = self.config.patchkit.client_options(key);
+        opts.known_apps = self.client.known_apps();
+        opts
+    }
+
     fn refresh_key(&mut self) {
         match self.config.patchkit.load_key() {
             Ok((key, origin)) => {
                 if key != self.key || origin != self.key_origin {
-                    match Client::new(self.config.patchkit.client_options(key.clone())) {
+                    match Client::new(self.client_options(key.clone())) {
                         Ok(client) => {
                             tracing::info!(origin = %origin, "API key read again");
                             self.client = client;
@@ -793,7 +821,7 @@ impl Daemon {
                         }
                         Err(err) => tracing::error!("cannot set up the PatchKit client: {err}"),
                     }
-                } else if let Ok(client) = Client::new(self.config.patchkit.client_options(key)) {
+                } else if let Ok(client) = Client::new(self.client_options(key)) {
                     // Same key, maybe new timeouts or URLs from a reload.
                     self.client = client;
                 }
@@ -888,4 +916,14 @@ impl Daemon {
         }
         tracing::info!("stopped");
     }
+}
+
+/// The webhook's view of the apps the PatchKit client has read.
+fn app_lookup(apps: crate::patchkit::KnownApps) -> crate::webhook::AppLookup {
+    std::sync::Arc::new(move |secret| {
+        apps.get(secret).map(|app| crate::webhook::AppInfo {
+            name: app.name,
+            id: app.id,
+        })
+    })
 }

@@ -15,7 +15,7 @@
 //! async shell around the scheduler), `worker`, `stages`, `policy`,
 //! `global_lock` (PatchKit's lock, shared with other publishers),
 //! `patchkit` (the API client); around them `config`, `template`, `archive`,
-//! `observe`, `control`, `systemd`, `metrics`, `webhook`, `logging`,
+//! `observe`, `control`, `systemd`, `metrics`, `webhook`, `logging`, `text`,
 //! `dispose`, `check`, `clock`, `crashpoint`; `sandbox` (a strict PatchKit
 //! emulator for tests, `sandbox` and `demo`) and `demo`. ARCHITECTURE.md has
 //! the map and the invariants.
@@ -46,6 +46,7 @@ pub mod state;
 pub mod store;
 pub mod systemd;
 pub mod template;
+pub mod text;
 pub mod watcher;
 pub mod webhook;
 pub mod worker;

@@ -8,12 +8,20 @@
 //! - Optionally also daily files in a folder, keeping the newest N.
 //!
 //! The filter comes from `RUST_LOG` when set, else from the config.
+//!
+//! Every field (the message included) is written with its control
+//! characters escaped ([`crate::text::escaped`]): a file name holding a
+//! newline cannot forge a log line, nor an escape sequence repaint the
+//! terminal. So every event is one line; a list is logged one event per
+//! item.
 
 use std::path::Path;
 
+use tracing::field::Field;
 use tracing::{Event, Level, Subscriber};
 use tracing_appender::non_blocking::WorkerGuard;
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::field::MakeExt;
 use tracing_subscriber::fmt::format::{Format, Writer};
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::layer::SubscriberExt;
@@ -65,13 +73,16 @@ pub fn init(level: &str, files: Option<(&Path, usize)>) -> Result<LogGuard, Stri
                 .lossy(false)
                 .finish(appender);
             let layer = tracing_subscriber::fmt::layer()
+                .fmt_fields(escaped_fields())
                 .with_writer(writer)
                 .with_ansi(false);
             (Some(layer), Some(guard))
         }
     };
 
-    let stderr = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let stderr = tracing_subscriber::fmt::layer()
+        .fmt_fields(escaped_fields())
+        .with_writer(std::io::stderr);
     let registry = tracing_subscriber::registry().with(filter).with(file_layer);
     let result = if journald {
         registry
@@ -85,6 +96,24 @@ pub fn init(level: &str, files: Option<(&Path, usize)>) -> Result<LogGuard, Stri
     };
     result.map_err(|e| format!("cannot set up logging: {e}"))?;
     Ok(LogGuard(guard))
+}
+
+/// The fields of an event as `message name=value ...`, like the default
+/// format, with control characters escaped in every value.
+fn escaped_fields() -> impl for<'w> FormatFields<'w> + Send + Sync + 'static {
+    tracing_subscriber::fmt::format::debug_fn(
+        |writer: &mut Writer<'_>, field: &Field, value: &dyn std::fmt::Debug| {
+            // `%` fields and the message format as Display through Debug,
+            // `?` fields as Debug (strings quoted and already escaped).
+            let text = format!("{value:?}");
+            let text = crate::text::escaped(&text);
+            match field.name() {
+                "message" => write!(writer, "{text}"),
+                name => write!(writer, "{}={text}", name.trim_start_matches("r#")),
+            }
+        },
+    )
+    .delimited(" ")
 }
 
 /// Prefixes each line with its syslog priority, for journald.

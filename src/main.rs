@@ -44,6 +44,9 @@ async fn dispatch(cli: Cli) -> ExitCode {
     // `run` sets up logging from its config; the other commands log little.
     let _guard = match &cli.command {
         Command::Run(_) => None,
+        // `check` reports every problem itself, once; the client's retry
+        // warnings would only repeat them.
+        Command::Check(_) => logging::init("error", None).ok(),
         // The other commands print their own results; only problems are
         // logged.
         _ => logging::init("warn", None).ok(),
@@ -233,7 +236,11 @@ async fn control(args: BuildArg, what: Control) -> ExitCode {
         Ok(Reached::Daemon(response)) => {
             return match (response.ok, response.builds.first()) {
                 (true, Some(row)) => {
-                    println!("build {}: {}", row.id, row.detail);
+                    println!(
+                        "build {}: {}",
+                        row.id,
+                        patchkit_autopublish::text::escaped(&row.detail)
+                    );
                     ExitCode::SUCCESS
                 }
                 _ => fail(
@@ -251,9 +258,21 @@ async fn control(args: BuildArg, what: Control) -> ExitCode {
         }
         Control::Cancel => patchkit_autopublish::control::cancel_build(&store, args.build).await,
     };
+    let retried = matches!(what, Control::Retry { .. });
+    if let (true, Ok(build), Ok(config)) = (retried, &result, Config::load(&args.config.config))
+        && let Some(rule) = config.rule(&build.rule)
+    {
+        // No daemon runs: move a file `on_failure` moved away back now, so
+        // the next start finds it where the build reads it.
+        patchkit_autopublish::dispose::bring_back(rule, build).await;
+    }
     match result {
         Ok(build) => {
-            println!("build {}: {}", build.id, build.state);
+            println!(
+                "build {}: {}",
+                build.id,
+                patchkit_autopublish::text::escaped(&build.state.to_string())
+            );
             ExitCode::SUCCESS
         }
         Err(err) => fail(EXIT_FAILURE, &anyhow::Error::new(err)),
@@ -462,6 +481,9 @@ fn print_table(rows: &[BuildRow]) {
                 r.attempts.to_string(),
                 error(r),
             ]
+            // Labels and errors may carry a file name's control characters:
+            // each row stays one line.
+            .map(|cell| patchkit_autopublish::text::escaped(&cell).into_owned())
         })
         .collect();
     let header = [

@@ -40,13 +40,14 @@ pub struct Report {
 /// Why recovery could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum RecoverError {
-    #[error("{0}")]
+    // The causes are in the messages and not `source`s, so `main`'s
+    // `{:#}` says each once.
+    #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("cannot move the damaged store {} aside: {source}", path.display())]
+    #[error("cannot move the damaged store {} aside: {cause}", path.display())]
     MoveAside {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
 }
 
@@ -69,9 +70,9 @@ pub async fn recover(config: &Config) -> Result<Report, RecoverError> {
             report.damage = Some(err.to_string());
             let db = dir.join("db");
             let aside = dir.join(format!("db.damaged-{}", crate::clock::now_ms() / 1000));
-            std::fs::rename(&db, &aside).map_err(|source| RecoverError::MoveAside {
+            std::fs::rename(&db, &aside).map_err(|cause| RecoverError::MoveAside {
                 path: db.clone(),
-                source,
+                cause,
             })?;
             report.moved_aside = Some(aside);
             open(&dir, true).await?

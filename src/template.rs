@@ -8,7 +8,8 @@
 //! - `{seq}`: a per-rule counter kept in the store (1, 2, 3, ...);
 //! - `{NAME}`: a named capture group of the rule's `filename_regex`.
 //!
-//! `{{` and `}}` stand for literal braces. Templates are parsed when the
+//! Values from the file name have their control characters removed
+//! ([`crate::text::printable`]). `{{` and `}}` stand for literal braces. Templates are parsed when the
 //! config is loaded, so an unknown placeholder is a config error, never a
 //! surprise at publish time.
 //!
@@ -150,7 +151,14 @@ impl TemplateValues {
         seq: Option<u64>,
         captures: BTreeMap<String, String>,
     ) -> Self {
-        let mut values = captures;
+        // A file name may hold newlines, escape sequences and bidi overrides;
+        // none of them belong in a label or changelog players read.
+        let mut values: BTreeMap<String, String> = captures
+            .into_iter()
+            .map(|(name, value)| (name, crate::text::printable(&value).into_owned()))
+            .collect();
+        let file_name = crate::text::printable(file_name);
+        let file_name = file_name.as_ref();
         let stem = match file_name.rsplit_once('.') {
             Some((stem, _)) if !stem.is_empty() => stem,
             _ => file_name,
@@ -236,6 +244,22 @@ mod tests {
         ));
         assert_eq!(out, "1.4.2 (win64)");
         assert!(captures(&re, "other.zip").is_none());
+    }
+
+    #[test]
+    fn control_characters_of_the_file_name_never_reach_the_label() {
+        let file = "Game\n1.2\u{1b}[2J\u{202e}.zip";
+        assert_eq!(
+            render("{stem} ({filename})", file, None),
+            "Game1.2[2J (Game1.2[2J.zip)"
+        );
+        let re = regex::Regex::new(r"^Game(?s)(?P<v>.*)\.zip$").unwrap();
+        let t = Template::parse("v{v}", &capture_names(&re)).unwrap();
+        let caps = captures(&re, file).unwrap();
+        assert_eq!(
+            t.render(&TemplateValues::new(file, at(), None, caps)),
+            "v1.2[2J"
+        );
     }
 
     #[test]

@@ -340,3 +340,185 @@ fn rules_whose_folders_are_one_on_disk_or_whose_patterns_meet_are_refused() {
     // Patterns whose literal ends differ cannot meet.
     parse(&two_rules(&real, "*-win64.zip", &real, "*-mac.zip")).unwrap();
 }
+
+/// One problem per line of `text`: (line, message).
+fn messages(text: &str) -> Vec<(usize, usize, String)> {
+    problems(text)
+        .into_iter()
+        .map(|p| (p.line, p.column, p.message))
+        .collect()
+}
+
+#[test]
+fn values_of_the_wrong_type_are_named_as_a_person_writes_them() {
+    let text = r#"[patchkit]
+allow_insecure_http = "yes"
+request_timeout = 30
+api_url = 8080
+
+[daemon]
+workers = "two"
+log_keep = 1.5
+chunk_size = 10
+state_dir = false
+
+[[rule]]
+name = "game"
+folder = "/srv/game"
+app_secret = "abc"
+publish = 1
+ignore = "*.part"
+existing_draft = true
+
+[[notify]]
+url = "http://127.0.0.1:9/hook"
+events = "published"
+rules = "game"
+"#;
+    let found = messages(text);
+    let expect = [
+        (
+            2,
+            23,
+            "[patchkit] allow_insecure_http: expected true or false (without quotes), found \"yes\"",
+        ),
+        (
+            3,
+            19,
+            "[patchkit] request_timeout: expected a duration in quotes, such as \"30s\" or \"2m 30s\", found 30",
+        ),
+        (4, 11, "[patchkit] api_url: expected a URL in quotes"),
+        (
+            7,
+            11,
+            "[daemon] workers: expected a whole number from 1 to 64, such as 2 (without quotes), found \"two\"",
+        ),
+        (
+            8,
+            12,
+            "[daemon] log_keep: expected a whole number of daily files, such as 14 (without quotes), found 1.5",
+        ),
+        (
+            9,
+            14,
+            "[daemon] chunk_size: expected a size in quotes, such as \"10MiB\", found 10",
+        ),
+        (10, 13, "[daemon] state_dir: expected a path in quotes"),
+        (
+            16,
+            11,
+            "[[rule]] \"game\" publish: expected true or false (without quotes), found 1",
+        ),
+        (
+            17,
+            10,
+            "[[rule]] \"game\" ignore: expected a list of file name patterns, such as [\"*.part\", \".*\"], found \"*.part\"",
+        ),
+        (
+            18,
+            18,
+            "[[rule]] \"game\" existing_draft: expected \"fail\" or \"take_over\", found true",
+        ),
+        (
+            22,
+            10,
+            "[[notify]] #1 events: expected a list of event names, such as [\"published\", \"failed\"], found \"published\"",
+        ),
+        (
+            23,
+            9,
+            "[[notify]] #1 rules: expected a list of rule names, such as [\"mygame-windows\"], found \"game\"",
+        ),
+    ];
+    for (line, column, start) in expect {
+        assert!(
+            found
+                .iter()
+                .any(|(l, c, m)| *l == line && *c == column && m.starts_with(start)),
+            "no problem at {line}:{column} starting {start:?}: {found:#?}"
+        );
+    }
+    assert_eq!(found.len(), expect.len(), "{found:#?}");
+    for (_, _, message) in &found {
+        for rust in ["i64", "a string", "a boolean", "a sequence", "invalid type"] {
+            assert!(!message.contains(rust), "Rust's words in {message:?}");
+        }
+    }
+}
+
+#[test]
+fn a_wrong_element_in_a_list_points_at_the_element() {
+    let found = messages(&format!("{MINIMAL}ignore = [\"*.part\", 7]\n"));
+    assert_eq!(found.len(), 1, "{found:#?}");
+    let (line, column, message) = &found[0];
+    assert_eq!((*line, *column), (6, 21));
+    assert!(
+        message.ends_with(
+            "expected a list of file name patterns, such as [\"*.part\", \".*\"], found 7"
+        ),
+        "{message}"
+    );
+}
+
+#[test]
+fn a_bad_rule_adds_no_cascading_notify_problem() {
+    let found = messages(
+        r#"[[rule]]
+name = "game"
+folder = "/srv/game"
+app_secret = "abc"
+pattern = "[oops"
+
+[[rule]]
+name = "tools"
+folder = "/srv/tools"
+app_secret = "def"
+publish = "no"
+
+[[notify]]
+url = "http://127.0.0.1:9/hook"
+rules = ["game", "tools", "nope"]
+"#,
+    );
+    assert_eq!(found.len(), 3, "{found:#?}");
+    assert!(found[0].2.contains("not a valid glob"), "{found:#?}");
+    assert!(
+        found[1].2.starts_with("[[rule]] \"tools\" publish"),
+        "{found:#?}"
+    );
+    assert_eq!(
+        found[2].2,
+        "[[notify]] #1 rules: no [[rule]] is named \"nope\"; list rule names, or leave `rules` \
+         out to notify for every rule"
+    );
+}
+
+#[test]
+fn a_state_dir_too_long_for_the_control_socket_is_refused() {
+    let long = format!("/srv/{}", "d".repeat(95));
+    let found = messages(&format!("[daemon]\nstate_dir = \"{long}\"\n{MINIMAL}"));
+    assert_eq!(found.len(), 1, "{found:#?}");
+    assert_eq!((found[0].0, found[0].1), (2, 13));
+    assert!(
+        found[0].2.contains(&format!(
+            "the control socket {long}/control.sock would be 113 bytes long, but a Unix socket \
+             path may have at most 107 bytes"
+        )),
+        "{found:#?}"
+    );
+    // The longest that fits is taken.
+    let fits = format!("/srv/{}", "d".repeat(89));
+    parse(&format!("[daemon]\nstate_dir = \"{fits}\"\n{MINIMAL}")).unwrap();
+}
+
+#[test]
+fn an_unreadable_config_says_its_cause_once() {
+    let err = Config::load(Path::new("/nonexistent/pka/config.toml")).unwrap_err();
+    // `main` prints the whole chain.
+    let shown = format!("{:#}", anyhow::Error::new(err));
+    assert_eq!(
+        shown,
+        "cannot read config file /nonexistent/pka/config.toml: No such file or directory (os \
+         error 2)"
+    );
+}

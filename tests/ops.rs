@@ -382,16 +382,34 @@ async fn webhooks_get_published_and_failed_in_each_format() {
     assert_eq!(json["label"], "good-1");
     assert_eq!(json["version_id"], version);
     assert_eq!(json["app"], "app-0");
+    // The sandbox names each app after its secret; the link goes to the
+    // app's page by its id.
+    assert_eq!(json["app_name"], "app-0", "{json:#}");
+    let link = json["app_url"].as_str().unwrap().to_owned();
+    assert!(
+        link.starts_with("https://panel.patchkit.net/apps/") && link.len() > 32,
+        "{link}"
+    );
+    assert!(!json["host"].as_str().unwrap().is_empty(), "{json:#}");
     let slack = body(&published, "slack");
     let text = slack["text"].as_str().unwrap();
-    for part in ["rule-0", "good-1", &format!("version {version}")] {
+    for part in ["*app-0*", "good-1", &format!("version {version}")] {
         assert!(text.contains(part), "{part} not in {text}");
     }
+    assert_eq!(slack["attachments"][0]["color"], "#2eb67d", "{slack:#}");
+    let blocks = slack["attachments"][0]["blocks"].to_string();
+    assert!(
+        blocks.contains("rule-0") && blocks.contains(&link),
+        "{blocks}"
+    );
     let discord = body(&published, "discord");
-    let content = discord["content"].as_str().unwrap();
-    for part in ["rule-0", "good-1", &format!("version {version}")] {
-        assert!(content.contains(part), "{part} not in {content}");
+    let embed = &discord["embeds"][0];
+    let title = embed["title"].as_str().unwrap();
+    for part in ["app-0", "good-1", &format!("version {version}")] {
+        assert!(title.contains(part), "{part} not in {title}");
     }
+    assert_eq!(embed["url"], link.as_str());
+    assert_eq!(embed["color"], 0x2eb67d);
     assert_eq!(discord["allowed_mentions"]["parse"], serde_json::json!([]));
 
     // Last on this app: its failed draft stays, and nothing comes after it.
@@ -404,13 +422,15 @@ async fn webhooks_get_published_and_failed_in_each_format() {
         json["reason"].as_str().unwrap().contains(PROCESSING_ERROR),
         "{json:#}"
     );
-    for (name, key) in [("slack", "text"), ("discord", "content")] {
-        let text = body(&failed, name)[key].as_str().unwrap().to_owned();
+    for name in ["slack", "discord"] {
+        let text = body(&failed, name).to_string();
         assert!(
             text.contains("bad-1") && text.contains(PROCESSING_ERROR),
             "{text}"
         );
     }
+    assert_eq!(body(&failed, "slack")["attachments"][0]["color"], "#e01e5a");
+    assert_eq!(body(&failed, "discord")["embeds"][0]["color"], 0xe01e5a);
     daemon.stop().await;
     s.logs_without_key();
 }
@@ -710,4 +730,265 @@ async fn a_new_log_dir_is_created_without_a_spurious_error() {
     );
     let files: Vec<_> = std::fs::read_dir(&logs).unwrap().collect();
     assert_eq!(files.len(), 1, "one daily log file");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_name_with_control_characters_forges_no_log_line_label_or_status_row() {
+    let s = Setup::new(1).start().await;
+    let daemon = s.spawn(false, None);
+    s.until_socket().await;
+    // A name that would start a fake log line and repaint a terminal.
+    let forged = "2026-01-01T00:00:00.000000Z ERROR patchkit_autopublish: forged";
+    let name = format!("Game\n{forged}\u{1b}[2J\r");
+    s.drop_zip(0, &name, 1000);
+    let label = format!("Game{forged}[2J");
+    s.until_published("app-0", &label).await;
+    daemon.stop().await;
+
+    let logs = s.logs_without_key();
+    assert!(logs.contains("Game\\n2026-01-01T00:00:00"), "{logs}");
+    for line in logs.lines() {
+        assert!(!line.starts_with("2026-01-01"), "forged line {line:?}");
+        assert!(!line.contains('\u{1b}') && !line.contains('\r'), "{line:?}");
+    }
+    let status = s.run_cli(&["status", "--all"]);
+    assert_eq!(status.code, Some(0), "{status:?}");
+    let rows: Vec<&str> = status.stdout.lines().collect();
+    assert_eq!(rows.len(), 2, "a header and one row: {rows:#?}");
+    assert!(rows[1].contains(&label), "{rows:#?}");
+    let json = s.status_rows();
+    assert_eq!(json[0]["label"], label.as_str());
+}
+
+/// The lines of `check`'s report that mention `needle`.
+fn lines_with<'a>(out: &'a str, needle: &str) -> Vec<&'a str> {
+    out.lines().filter(|l| l.contains(needle)).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_lists_every_file_it_ignores_with_the_reason() {
+    use std::os::unix::fs::symlink;
+    let s = Setup::new(2)
+        .rule(0, r"filename_regex = '^Game-[0-9.]+\.zip$'")
+        .start()
+        .await;
+    let folder = s.folder(0);
+    s.drop_zip(0, "Game-1.0", 1000);
+    s.drop_zip(0, "Other", 1000);
+    harness::write_zip(&folder.join("Game-1.1.ZIP"), "upper", 1000);
+    harness::write_zip(&folder.join("Game-1.2.zip.part"), "part", 1000);
+    harness::write_zip(&folder.join(".Game-1.3.zip"), "hidden", 1000);
+    symlink("/nonexistent/Game-1.4.zip", folder.join("Game-1.4.zip")).unwrap();
+    std::fs::create_dir(folder.join("Game-1.5.zip")).unwrap();
+    let fifo = std::ffi::CString::new(folder.join("Game-1.6.zip").to_str().unwrap()).unwrap();
+    // SAFETY: a NUL-terminated path that outlives the call.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+    std::fs::write(folder.join("notes.txt"), "x").unwrap();
+    // A build of rule 1's folder that rule 0 also takes, through a symlink:
+    // the daemon takes it for neither.
+    let shared = s.drop_zip(1, "Game-2.0", 1000);
+    symlink(&shared.path, folder.join("Game-2.0.zip")).unwrap();
+
+    let out = s.run_cli(&["check"]);
+    assert_eq!(out.code, Some(2), "{out:?}");
+    let report = &out.stdout;
+    let expect = [
+        ("Game-1.0.zip", "would be taken now"),
+        ("Other.zip", "not filename_regex"),
+        (
+            "Game-1.1.ZIP",
+            "does not match \"*.zip\", which is case-sensitive",
+        ),
+        ("Game-1.2.zip.part", "not matching \"*.zip\""),
+        (".Game-1.3.zip", "ignore list"),
+        (
+            "Game-1.4.zip",
+            "a symlink to /nonexistent/Game-1.4.zip, which does not exist",
+        ),
+        ("Game-1.5.zip", "a folder, not a ZIP file"),
+        ("Game-1.6.zip", "a FIFO (named pipe), not a ZIP file"),
+        ("notes.txt", "not matching \"*.zip\""),
+        ("Game-2.0.zip", "is also taken by rule(s) [\"rule-1\"]"),
+    ];
+    for (file, reason) in expect {
+        let lines = lines_with(report, file);
+        assert!(
+            lines.iter().any(|l| l.contains(reason)),
+            "{file}: no line says {reason:?}:\n{report}"
+        );
+    }
+    // Likely mistakes are warnings; the two rules taking one file is a
+    // problem, named from both sides.
+    for file in [
+        "Game-1.1.ZIP",
+        "Game-1.4.zip",
+        "Game-1.5.zip",
+        "Game-1.6.zip",
+    ] {
+        assert!(
+            lines_with(report, file)[0].starts_with("warning  rule \"rule-0\""),
+            "{report}"
+        );
+    }
+    assert_eq!(
+        lines_with(report, "is also taken by rule(s)").len(),
+        2,
+        "{report}"
+    );
+    assert!(out.stderr.contains("2 problem(s) found"), "{out:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_refuses_what_run_would_refuse_at_start() {
+    let s = Setup::new(1).start().await;
+    // An address in use, and folders that cannot be created.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    s.daemon_line(&format!("metrics = \"{addr}\""));
+    s.daemon_line("log_dir = \"/proc/no-such/logs\"");
+    let out = s.run_cli(&["check"]);
+    assert_eq!(out.code, Some(2), "{out:?}");
+    let problems: Vec<&str> = lines_with(&out.stdout, "problem ");
+    assert_eq!(problems.len(), 2, "{out:?}");
+    assert!(
+        problems[0].contains("[daemon] log_dir: cannot write in /proc"),
+        "{problems:#?}"
+    );
+    assert!(
+        problems[1].contains(&format!("[daemon] metrics: cannot listen on {addr}")),
+        "{problems:#?}"
+    );
+    // `run` refuses the same config, and `check` said so first.
+    let run = s.run_cli(&["run", "--once"]);
+    assert_ne!(run.code, Some(0), "{run:?}");
+
+    // A state directory whose control socket path is too long for a Unix
+    // socket: `run` could not listen, so the config is refused for both.
+    drop(taken);
+    s.edit_config(|t| {
+        t.lines()
+            .filter(|l| !l.starts_with("metrics") && !l.starts_with("log_dir"))
+            .map(|l| {
+                if l.starts_with("state_dir") {
+                    format!("state_dir = \"/tmp/{}\"", "s".repeat(100))
+                } else {
+                    l.to_owned()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    });
+    for command in ["check", "run"] {
+        let out = s.run_cli(&[command]);
+        assert_eq!(out.code, Some(2), "{command}: {out:?}");
+        assert!(
+            out.stderr
+                .contains("[daemon] state_dir: the control socket"),
+            "{command}: {out:?}"
+        );
+    }
+}
+
+/// A rule 0 that moves failed files to a `failed` folder and refuses a
+/// draft in its way; the app has a draft made by hand. Returns the folder.
+async fn failing_on_a_foreign_draft(s: &harness::Scenario) -> std::path::PathBuf {
+    let failed = s.dir.path().join("failed");
+    s.set_rule_key(0, "on_failure", r#""move""#);
+    s.set_rule_key(
+        0,
+        "failed_folder",
+        &format!("{:?}", failed.display().to_string()),
+    );
+    s.create_draft("app-0", "made-by-hand").await;
+    failed
+}
+
+/// Waits until `path` exists (or, with `gone`, no longer exists).
+async fn until_file(path: &std::path::Path, gone: bool) {
+    harness::until(&format!("{} exists: {}", path.display(), !gone), || {
+        path.exists() != gone
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_moves_a_moved_file_back_and_removes_its_note() {
+    let s = Setup::new(1).start().await;
+    let failed = failing_on_a_foreign_draft(&s).await;
+    let daemon = s.spawn(false, None);
+    s.until_socket().await;
+    let file = s.drop_zip(0, "Game-1", 1000);
+    let row = s.until_state("Game-1", "failed").await;
+    let id = row["id"].as_str().unwrap().to_owned();
+    let moved = failed.join("Game-1.zip");
+    let note = failed.join("Game-1.zip.error.txt");
+    until_file(&note, false).await;
+    assert!(!file.path.exists());
+
+    // The note's advice fits a moved file: retry brings it back itself.
+    let text = std::fs::read_to_string(&note).unwrap();
+    assert!(
+        text.contains(&format!("patchkit-autopublish retry {id}")),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "The retry moves this file back to {}",
+            file.path.display()
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("Moved to: {}", moved.display())),
+        "{text}"
+    );
+
+    // The operator fixes the cause (lets the build take the draft over),
+    // then retries.
+    s.set_rule_key(0, "existing_draft", r#""take_over""#);
+    daemon.signal("HUP");
+    daemon.until_log("config reloaded", 1).await;
+    let out = s.run_cli(&["retry", &id]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    s.until_published("app-0", "Game-1").await;
+    daemon.stop().await;
+
+    assert!(file.path.exists(), "the file is back where it was dropped");
+    assert!(
+        !moved.exists() && !note.exists(),
+        "{:?}",
+        std::fs::read_dir(&failed).unwrap().collect::<Vec<_>>()
+    );
+    let rows = s.status_rows();
+    assert_eq!(
+        rows.len(),
+        1,
+        "one build, not a second for the file moved back: {rows:#?}"
+    );
+    s.logs_without_key();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_note_goes_once_a_file_moved_back_by_hand_is_published() {
+    let s = Setup::new(1).start().await;
+    let failed = failing_on_a_foreign_draft(&s).await;
+    let daemon = s.spawn(false, None);
+    s.until_socket().await;
+    let file = s.drop_zip(0, "Game-1", 1000);
+    let row = s.until_state("Game-1", "failed").await;
+    let id = row["id"].as_str().unwrap().to_owned();
+    let note = failed.join("Game-1.zip.error.txt");
+    until_file(&note, false).await;
+
+    // Moved back with mv, as the note allows: the same file, not a new build.
+    std::fs::rename(failed.join("Game-1.zip"), &file.path).unwrap();
+    s.set_rule_key(0, "existing_draft", r#""take_over""#);
+    daemon.signal("HUP");
+    daemon.until_log("config reloaded", 1).await;
+    let out = s.run_cli(&["retry", &id]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    s.until_published("app-0", "Game-1").await;
+    until_file(&note, true).await;
+    daemon.stop().await;
+    assert_eq!(s.status_rows().len(), 1);
 }

@@ -18,7 +18,7 @@ use patchkit_autopublish::observe::{EventKind, Observer};
 use patchkit_autopublish::patchkit::RetryPolicy;
 use patchkit_autopublish::state::{BuildState, FileIdentity, Stage};
 use patchkit_autopublish::store::{Build, BuildId};
-use patchkit_autopublish::webhook::{self, Delivery, Notifier};
+use patchkit_autopublish::webhook::{self, AppInfo, AppLookup, Delivery, Notifier};
 use reqwest::Url;
 use serde_json::Value;
 use tokio::sync::mpsc;
@@ -101,6 +101,7 @@ impl Receiver {
             format,
             events: events.to_vec(),
             rules: Vec::new(),
+            panel_url: Url::parse("https://panel.example.test/").unwrap(),
         }
     }
 
@@ -189,16 +190,44 @@ fn quick() -> Delivery {
     }
 }
 
+/// PatchKit has told the daemon about app `a1b2c3` (every test build's),
+/// and about no other.
+fn apps() -> AppLookup {
+    Arc::new(|secret| {
+        (secret == "a1b2c3").then(|| AppInfo {
+            name: "My Game".into(),
+            id: 7,
+        })
+    })
+}
+
 fn start(hooks: Vec<Notify>, observer: &Observer) -> (Notifier, CancellationToken) {
+    start_with(hooks, observer, apps())
+}
+
+fn start_with(
+    hooks: Vec<Notify>,
+    observer: &Observer,
+    apps: AppLookup,
+) -> (Notifier, CancellationToken) {
     let cancel = CancellationToken::new();
-    let notifier = webhook::spawn_with(hooks, observer, cancel.clone(), quick()).expect("hooks");
+    let notifier =
+        webhook::spawn_with(hooks, observer, apps, cancel.clone(), quick()).expect("hooks");
     (notifier, cancel)
+}
+
+/// This machine's name, as the notifier reads it.
+fn host() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .unwrap()
+        .trim()
+        .to_owned()
 }
 
 #[tokio::test]
 async fn no_hooks_no_notifier() {
     let observer = Observer::new();
-    assert!(webhook::spawn(Vec::new(), &observer, CancellationToken::new()).is_none());
+    assert!(webhook::spawn(Vec::new(), &observer, apps(), CancellationToken::new()).is_none());
 }
 
 #[tokio::test]
@@ -231,6 +260,9 @@ async fn json_carries_every_field() {
         "attempts": 0,
         "messages": ["Missing icon"],
         "reason": null,
+        "host": host(),
+        "app_name": "My Game",
+        "app_url": "https://panel.example.test/apps/7",
     });
     expected["duration_seconds"] = body["duration_seconds"].clone();
     expected["time"] = body["time"].clone();
@@ -257,107 +289,269 @@ async fn json_failed_has_the_reason_and_attempts() {
     assert_eq!(body["messages"], serde_json::json!([reason]));
 }
 
-#[tokio::test]
-async fn slack_and_discord_read_well() {
-    let mut rx = receiver().await;
-    let observer = Observer::new();
+/// The Slack and Discord bodies of the next event, whichever came first.
+async fn next_pair(rx: &mut Receiver) -> (Value, Value) {
+    let mut pair = [rx.next().await, rx.next().await];
+    pair.sort_by(|a, b| a.0.cmp(&b.0));
+    let [(discord_path, discord), (slack_path, slack)] = pair;
+    assert_eq!(
+        (discord_path.as_str(), slack_path.as_str()),
+        ("discord", "slack")
+    );
+    (slack, discord)
+}
+
+/// Every chat format, every event kind.
+fn chat_hooks(rx: &Receiver) -> Vec<Notify> {
     let all = [
         EventKind::Published,
         EventKind::Failed,
         EventKind::Warning,
         EventKind::Stuck,
     ];
-    let slack = rx.hook("slack", NotifyFormat::Slack, &all);
-    let discord = rx.hook("discord", NotifyFormat::Discord, &all);
-    let (_n, _cancel) = start(vec![slack, discord], &observer);
+    vec![
+        rx.hook("slack", NotifyFormat::Slack, &all),
+        rx.hook("discord", NotifyFormat::Discord, &all),
+    ]
+}
 
-    // One event at a time, so each pair of bodies belongs to it.
-    let next_pair = async |rx: &mut Receiver| {
-        let mut pair = [rx.next().await, rx.next().await];
-        pair.sort_by(|a, b| a.0.cmp(&b.0));
-        let [(_, discord), (_, slack)] = pair;
-        (
-            slack["text"].as_str().unwrap().to_owned(),
-            discord["content"].as_str().unwrap().to_owned(),
-            discord,
-        )
-    };
+#[tokio::test]
+async fn slack_gets_blocks_in_an_attachment_coloured_by_outcome() {
+    let mut rx = receiver().await;
+    let observer = Observer::new();
+    let (_n, _cancel) = start(chat_hooks(&rx), &observer);
+    let host = host();
 
     observer.state_changed(&build(42, "mygame-windows", published(&["Missing icon"])));
-    let (slack, discord, raw) = next_pair(&mut rx).await;
-    assert_eq!(
-        slack,
-        ":white_check_mark: *mygame-windows* 1.4.2 published as version 12 (512 MiB, 6m 12s)\n\
-         Game.zip (536870912 bytes), build 42, app a1b2c3\n\
-         Warnings: Missing icon"
-    );
-    // Discord: bold is doubled, nobody can be pinged.
-    assert_eq!(
-        discord,
-        ":white_check_mark: **mygame-windows** 1.4.2 published as version 12 (512 MiB, 6m 12s)\n\
-         Game.zip (536870912 bytes), build 42, app a1b2c3\n\
-         Warnings: Missing icon"
-    );
-    assert_eq!(raw["allowed_mentions"], serde_json::json!({"parse": []}));
+    let (slack, _) = next_pair(&mut rx).await;
+    let expected = serde_json::json!({
+        "text": ":white_check_mark: *My Game* 1.4.2 published as version 12",
+        "attachments": [{
+            "color": "#2eb67d",
+            "blocks": [
+                {"type": "section", "text": {"type": "mrkdwn",
+                    "text": ":white_check_mark: *My Game* 1.4.2 published as version 12"}},
+                {"type": "section", "fields": [
+                    {"type": "mrkdwn", "text": "*Rule*\nmygame-windows"},
+                    {"type": "mrkdwn", "text": "*Version*\n12"},
+                    {"type": "mrkdwn", "text": "*File*\nGame.zip (512 MiB)"},
+                    {"type": "mrkdwn", "text": "*Took*\n6m 12s"},
+                ]},
+                {"type": "section", "text": {"type": "mrkdwn", "text": "*Warnings*\n• Missing icon"}},
+                {"type": "context", "elements": [{"type": "mrkdwn", "text": format!(
+                    "build 42 · app `a1b2c3` · on {host} · \
+                     <https://panel.example.test/apps/7|open in PatchKit>"
+                )}]},
+            ],
+        }],
+    });
+    assert_eq!(slack, expected, "{slack:#}");
 
     observer.state_changed(&build(43, "mygame-windows", failed()));
-    let (slack, discord, _) = next_pair(&mut rx).await;
+    let (slack, _) = next_pair(&mut rx).await;
     assert_eq!(
-        slack,
-        ":x: *mygame-windows* 1.4.2 failed in upload after 3 attempt(s) (512 MiB, 6m 12s)\n\
-         Game.zip (536870912 bytes), build 43, app a1b2c3\n\
-         Error: PatchKit answered 403: the API key cannot write this app"
+        slack["text"],
+        ":x: *My Game* 1.4.2 failed in upload after 3 attempt(s)"
     );
-    assert!(discord.starts_with(":x: **mygame-windows** 1.4.2 failed in upload"));
+    let attachment = &slack["attachments"][0];
+    assert_eq!(attachment["color"], "#e01e5a");
+    assert_eq!(
+        attachment["blocks"][1]["fields"][4]["text"], "*Stage*\nupload",
+        "{slack:#}"
+    );
+    assert_eq!(
+        attachment["blocks"][2]["text"]["text"],
+        "*Error*\n• PatchKit answered 403: the API key cannot write this app"
+    );
 
     // Processed with warnings: a Warning event (the state change is not
-    // asked for). Slack needs < and > escaped.
+    // asked for), amber; `<` and `>` escaped.
     observer.state_changed(&build(44, "mygame-windows", processed()));
-    let (slack, discord, _) = next_pair(&mut rx).await;
+    let (slack, _) = next_pair(&mut rx).await;
     assert_eq!(
-        slack,
-        ":warning: *mygame-windows* 1.4.2 processed as version 12 with 2 warning(s)\n\
-         Game.zip (536870912 bytes), build 44, app a1b2c3\n\
-         Warnings: Missing icon; Large file &lt;data.pak&gt;"
+        slack["text"],
+        ":warning: *My Game* 1.4.2 processed as version 12 with 2 warning(s)"
     );
-    // Discord: a `>` could start a quote; it is escaped.
-    assert!(
-        discord.ends_with("Warnings: Missing icon; Large file <data.pak\\>"),
-        "{discord}"
+    assert_eq!(slack["attachments"][0]["color"], "#ecb22e");
+    assert_eq!(
+        slack["attachments"][0]["blocks"][2]["text"]["text"],
+        "*Warnings*\n• Missing icon\n• Large file &lt;data.pak&gt;"
     );
 
-    let uploading = BuildState::VersionReady { version_id: 12 };
     observer.stuck(
-        &build(45, "mygame_windows", uploading),
+        &build(
+            45,
+            "mygame_windows",
+            BuildState::VersionReady { version_id: 12 },
+        ),
         Duration::from_secs(1800),
     );
-    let (slack, discord, _) = next_pair(&mut rx).await;
-    assert!(
-        slack.starts_with(
-            ":hourglass: *mygame_windows* 1.4.2 is stuck: no progress for 30m while version_ready\n"
-        ),
-        "{slack}"
+    let (slack, _) = next_pair(&mut rx).await;
+    assert_eq!(
+        slack["text"],
+        ":hourglass: *My Game* 1.4.2 is stuck: no progress for 30m while version_ready"
     );
-    assert!(
-        discord.starts_with(":hourglass: **mygame\\_windows** 1.4.2 is stuck: no progress"),
-        "{discord}"
+    assert_eq!(slack["attachments"][0]["color"], "#ecb22e");
+    rx.assert_quiet().await;
+}
+
+#[tokio::test]
+async fn discord_gets_an_embed_coloured_by_outcome_with_fields() {
+    let mut rx = receiver().await;
+    let observer = Observer::new();
+    let (_n, _cancel) = start(chat_hooks(&rx), &observer);
+    let host = host();
+
+    observer.state_changed(&build(42, "mygame_windows", published(&["Missing *icon*"])));
+    let (_, discord) = next_pair(&mut rx).await;
+    let embed = &discord["embeds"][0];
+    let time = embed["timestamp"].as_str().unwrap().to_owned();
+    let expected = serde_json::json!({
+        "embeds": [{
+            "title": "✅ My Game 1.4.2 published as version 12",
+            "url": "https://panel.example.test/apps/7",
+            "color": 0x2eb67d,
+            "description": "**Warnings**\n• Missing \\*icon\\*",
+            "fields": [
+                {"name": "Rule", "value": "mygame\\_windows", "inline": true},
+                {"name": "Version", "value": "12", "inline": true},
+                {"name": "File", "value": "Game.zip (512 MiB)", "inline": true},
+                {"name": "Took", "value": "6m 12s", "inline": true},
+                {"name": "Build", "value": "42", "inline": true},
+            ],
+            "footer": {"text": format!("patchkit-autopublish on {host} · app a1b2c3")},
+            "timestamp": time,
+        }],
+        // Nobody can be pinged.
+        "allowed_mentions": {"parse": []},
+    });
+    assert_eq!(discord, expected, "{discord:#}");
+    assert!(time.ends_with('Z') && time.len() == 20, "{time}");
+
+    observer.state_changed(&build(43, "mygame-windows", failed()));
+    let (_, discord) = next_pair(&mut rx).await;
+    let embed = &discord["embeds"][0];
+    assert_eq!(
+        embed["title"],
+        "❌ My Game 1.4.2 failed in upload after 3 attempt(s)"
+    );
+    assert_eq!(embed["color"], 0xe01e5a);
+    assert_eq!(
+        embed["description"],
+        "**Error**\n• PatchKit answered 403: the API key cannot write this app"
+    );
+
+    observer.state_changed(&build(44, "mygame-windows", processed()));
+    let (_, discord) = next_pair(&mut rx).await;
+    assert_eq!(discord["embeds"][0]["color"], 0xecb22e);
+    // A `>` could start a quote; it is escaped.
+    assert_eq!(
+        discord["embeds"][0]["description"],
+        "**Warnings**\n• Missing icon\n• Large file <data.pak\\>"
     );
     rx.assert_quiet().await;
 }
 
 #[tokio::test]
-async fn discord_content_is_cut_to_2000_characters() {
+async fn an_app_patchkit_has_not_named_yet_is_called_by_its_rule_without_a_link() {
+    let mut rx = receiver().await;
+    let observer = Observer::new();
+    let json = rx.hook("json", NotifyFormat::Json, &[EventKind::Published]);
+    let mut hooks = chat_hooks(&rx);
+    hooks.push(json);
+    let (_n, _cancel) = start_with(hooks, &observer, webhook::no_apps());
+
+    observer.state_changed(&build(42, "mygame-windows", published(&[])));
+    let mut got = [rx.next().await, rx.next().await, rx.next().await];
+    got.sort_by(|a, b| a.0.cmp(&b.0));
+    let [(_, discord), (_, json), (_, slack)] = got;
+    assert_eq!(
+        slack["text"],
+        ":white_check_mark: *mygame-windows* 1.4.2 published as version 12"
+    );
+    let context = slack["attachments"][0]["blocks"][2]["elements"][0]["text"]
+        .as_str()
+        .unwrap();
+    assert!(!context.contains("open in PatchKit"), "{context}");
+    let embed = &discord["embeds"][0];
+    assert_eq!(
+        embed["title"],
+        "✅ mygame-windows 1.4.2 published as version 12"
+    );
+    assert!(embed.get("url").is_none(), "{embed:#}");
+    assert_eq!(json["app_name"], Value::Null);
+    assert_eq!(json["app_url"], Value::Null);
+}
+
+#[tokio::test]
+async fn control_characters_reach_no_payload_raw() {
+    let mut rx = receiver().await;
+    let observer = Observer::new();
+    let json = rx.hook("json", NotifyFormat::Json, &[EventKind::Failed]);
+    let mut hooks: Vec<Notify> = chat_hooks(&rx);
+    hooks.push(json);
+    let (_n, _cancel) = start(hooks, &observer);
+
+    let mut b = build(
+        42,
+        "mygame-windows",
+        BuildState::Failed {
+            stage: Stage::Validate,
+            reason: "Game\nForged.zip is not a ZIP".into(),
+            attempts: 1,
+            version_id: None,
+        },
+    );
+    b.file = std::path::PathBuf::from("/builds/Game\nForged\u{1b}[31m.zip");
+    b.label = "1.4\r\u{202e}2".into();
+    observer.state_changed(&b);
+    let mut got = [rx.next().await, rx.next().await, rx.next().await];
+    got.sort_by(|a, b| a.0.cmp(&b.0));
+    let [(_, discord), (_, json), (_, slack)] = got;
+    assert_eq!(json["file"], "Game\\nForged\\u{1b}[31m.zip");
+    assert_eq!(json["label"], "1.4\\r\\u{202e}2");
+    assert_eq!(json["reason"], "Game\\nForged.zip is not a ZIP");
+    assert_eq!(json["messages"][0], "Game\\nForged.zip is not a ZIP");
+    for body in [&slack, &discord, &json] {
+        let mut texts = Vec::new();
+        collect_strings(body, &mut texts);
+        for text in texts {
+            // Our own line breaks separate a title from its lines; none
+            // comes from the file name, the label or the reason.
+            assert!(
+                !text.contains("Forged\u{1b}")
+                    && !text.contains('\r')
+                    && !text.contains('\u{202e}'),
+                "{text:?}"
+            );
+            assert!(!text.contains("Game\nForged"), "{text:?}");
+        }
+    }
+}
+
+/// Every string in a JSON value.
+fn collect_strings(value: &Value, out: &mut Vec<String>) {
+    match value {
+        Value::String(s) => out.push(s.clone()),
+        Value::Array(items) => items.iter().for_each(|v| collect_strings(v, out)),
+        Value::Object(map) => map.values().for_each(|v| collect_strings(v, out)),
+        _ => {}
+    }
+}
+
+#[tokio::test]
+async fn discord_description_is_cut_to_its_limit() {
     let mut rx = receiver().await;
     let observer = Observer::new();
     let hook = rx.hook("discord", NotifyFormat::Discord, &[EventKind::Published]);
     let (_n, _cancel) = start(vec![hook], &observer);
 
-    let long = "é".repeat(3000);
+    let long = "é".repeat(5000);
     observer.state_changed(&build(42, "r", published(&[&long])));
     let (_, body) = rx.next().await;
-    let content = body["content"].as_str().unwrap();
-    assert_eq!(content.chars().count(), 2000);
-    assert!(content.ends_with('…'));
+    let description = body["embeds"][0]["description"].as_str().unwrap();
+    assert_eq!(description.chars().count(), 4096);
+    assert!(description.ends_with('…'));
 }
 
 #[tokio::test]
@@ -443,7 +637,13 @@ async fn dead_webhooks_do_not_delay_a_healthy_one() {
     let healthy = rx.hook("healthy", NotifyFormat::Json, &events);
     // The default delivery: ten-second timeouts, waits of seconds.
     let cancel = CancellationToken::new();
-    let _n = webhook::spawn(vec![refused, hanging, healthy], &observer, cancel.clone()).unwrap();
+    let _n = webhook::spawn(
+        vec![refused, hanging, healthy],
+        &observer,
+        apps(),
+        cancel.clone(),
+    )
+    .unwrap();
 
     for id in 1..=3 {
         let emitted = Instant::now();
@@ -467,14 +667,14 @@ async fn reload_swaps_the_hooks() {
     let old = rx.hook("old", NotifyFormat::Json, &[EventKind::Published]);
     let cancel = CancellationToken::new();
     let mut notifier = None;
-    webhook::update(&mut notifier, vec![old], &observer, &cancel);
+    webhook::update(&mut notifier, vec![old], &observer, apps(), &cancel);
     assert!(notifier.is_some());
 
     observer.state_changed(&build(1, "r", published(&[])));
     assert_eq!(rx.next().await.0, "old");
 
     let new = rx.hook("new", NotifyFormat::Json, &[EventKind::Published]);
-    webhook::update(&mut notifier, vec![new], &observer, &cancel);
+    webhook::update(&mut notifier, vec![new], &observer, apps(), &cancel);
     observer.state_changed(&build(2, "r", published(&[])));
     let (path, body) = rx.next().await;
     assert_eq!((path.as_str(), &body["build"]), ("new", &Value::from("2")));

@@ -78,7 +78,13 @@ pub struct Notify {
     pub events: Vec<crate::observe::EventKind>,
     /// Only builds of these rules; empty means every rule.
     pub rules: Vec<String>,
+    /// PatchKit's panel, for a link to the app's page in chat messages.
+    pub panel_url: Url,
 }
+
+/// PatchKit's web panel; an app's page is `/apps/{id}` under it (the link
+/// PatchKit's own Unity tools open).
+pub const DEFAULT_PANEL_URL: &str = "https://panel.patchkit.net";
 
 impl Notify {
     /// The URL without path or query, for logs.
@@ -210,6 +216,9 @@ mod limits {
     /// Each chunk is held in memory (a few at once) and re-sent whole after
     /// a failure, so it must stay small.
     pub const MAX_CHUNK: u64 = 256 * 1024 * 1024;
+    /// `sun_path` in Linux's `sockaddr_un` holds 108 bytes, the last a NUL:
+    /// the control socket's path must fit in the rest.
+    pub const MAX_SOCKET_PATH: usize = 107;
 }
 
 /// The state directory the config at `path` names, read as leniently as
@@ -230,9 +239,9 @@ pub fn state_dir_leniently(path: &Path) -> Option<PathBuf> {
 impl Config {
     /// Reads and validates a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = std::fs::read_to_string(path).map_err(|cause| ConfigError::Read {
             path: path.to_owned(),
-            source,
+            cause,
         })?;
         Self::parse(&text, path)
     }
@@ -327,6 +336,7 @@ impl<'s> Validator<'s> {
                 .and_then(|raw| self.daemon(raw.value)),
             None => self.daemon(RawDaemon::default()),
         };
+        let rules_value = rules;
         let rules = match rules {
             Some(value) => self.rules(value),
             None => {
@@ -338,8 +348,11 @@ impl<'s> Validator<'s> {
                 None
             }
         };
+        // A rule with problems of its own is still named: `[[notify]] rules`
+        // may list it without a second, cascading problem.
+        let names = rules_value.map(written_rule_names).unwrap_or_default();
         let notify = match notify {
-            Some(value) => self.notifies(value, rules.as_deref().unwrap_or(&[])),
+            Some(value) => self.notifies(value, &names),
             None => Some(Vec::new()),
         };
         Some(Config {
@@ -492,7 +505,9 @@ impl<'s> Validator<'s> {
 
     fn daemon(&mut self, raw: RawDaemon) -> Option<DaemonSettings> {
         let state_dir = match raw.state_dir {
-            Some(dir) => self.path(&dir, "[daemon] state_dir"),
+            Some(dir) => self
+                .path(&dir, "[daemon] state_dir")
+                .and_then(|path| self.socket_fits(path, dir.span())),
             None => Some(PathBuf::from(DEFAULT_STATE_DIR)),
         };
         let workers = match raw.workers {
@@ -655,7 +670,13 @@ impl<'s> Validator<'s> {
         let mut names: BTreeMap<String, usize> = BTreeMap::new();
         for (index, item) in items.iter().enumerate() {
             let context = format!("[[rule]] #{}", index + 1);
-            let rule = deserialize_all::<RawRule>(item, &context, &mut self.problems)
+            // Type errors come before the name is checked: a rule that has
+            // one is still called by it.
+            let typed = match written_name(item) {
+                Some(name) => format!("[[rule]] {name:?}"),
+                None => context.clone(),
+            };
+            let rule = deserialize_all::<RawRule>(item, &typed, &mut self.problems)
                 .and_then(|raw| self.rule(raw.value, &raw.removed, &context, item.span()));
             match rule {
                 Some((rule, name_span)) => {
@@ -702,7 +723,7 @@ impl<'s> Validator<'s> {
         ok.then_some(rules)
     }
 
-    fn notifies(&mut self, value: &Spanned<DeValue<'_>>, rules: &[Rule]) -> Option<Vec<Notify>> {
+    fn notifies(&mut self, value: &Spanned<DeValue<'_>>, rules: &[String]) -> Option<Vec<Notify>> {
         use crate::observe::EventKind;
         let DeValue::Array(items) = value.get_ref() else {
             self.problems.at(
@@ -788,7 +809,7 @@ impl<'s> Validator<'s> {
                     let unknown: Vec<String> = list
                         .get_ref()
                         .iter()
-                        .filter(|n| !rules.iter().any(|r| &r.name == *n))
+                        .filter(|n| !rules.contains(n))
                         .map(|n| format!("{n:?}"))
                         .collect();
                     if unknown.is_empty() {
@@ -806,13 +827,32 @@ impl<'s> Validator<'s> {
                     }
                 }
             };
-            match (url, format, events, only) {
-                (Some(url), Some(format), Some(events), Some(rules)) => out.push(Notify {
-                    url,
-                    format,
-                    events,
-                    rules,
-                }),
+            let panel_url = match &raw.panel_url {
+                None => Some(Url::parse(DEFAULT_PANEL_URL).expect("the default URL is valid")),
+                Some(u) => match Url::parse(u.get_ref().trim()) {
+                    Ok(url) if matches!(url.scheme(), "http" | "https") => Some(url),
+                    _ => {
+                        self.problems.at(
+                            u.span(),
+                            format!(
+                                "{ctx} panel_url: expected an http:// or https:// URL, such as \
+                                 \"{DEFAULT_PANEL_URL}\""
+                            ),
+                        );
+                        None
+                    }
+                },
+            };
+            match (url, format, events, only, panel_url) {
+                (Some(url), Some(format), Some(events), Some(rules), Some(panel_url)) => {
+                    out.push(Notify {
+                        url,
+                        format,
+                        events,
+                        rules,
+                        panel_url,
+                    })
+                }
                 _ => ok = false,
             }
         }
@@ -930,6 +970,28 @@ impl<'s> Validator<'s> {
         Some(settle)
     }
 
+    /// The state directory, if its control socket's path fits in a Unix
+    /// socket address; otherwise `run` could not start, so the config is
+    /// refused here, where `check` sees it too.
+    fn socket_fits(&mut self, state_dir: PathBuf, span: Range<usize>) -> Option<PathBuf> {
+        let socket = crate::control::socket_path(&state_dir);
+        let len = socket.as_os_str().len();
+        if len <= limits::MAX_SOCKET_PATH {
+            return Some(state_dir);
+        }
+        self.problems.at(
+            span,
+            format!(
+                "[daemon] state_dir: the control socket {} would be {len} bytes long, but a \
+                 Unix socket path may have at most {} bytes; choose a shorter state_dir, \
+                 such as \"{DEFAULT_STATE_DIR}\"",
+                socket.display(),
+                limits::MAX_SOCKET_PATH
+            ),
+        );
+        None
+    }
+
     fn path(&mut self, value: &Spanned<String>, field: &str) -> Option<PathBuf> {
         let text = value.get_ref();
         if text.trim().is_empty() {
@@ -945,6 +1007,25 @@ impl<'s> Validator<'s> {
         } else {
             self.base.join(path)
         })
+    }
+}
+
+/// The `name` of every `[[rule]]` as written, valid or not.
+fn written_rule_names(value: &Spanned<DeValue<'_>>) -> Vec<String> {
+    let DeValue::Array(items) = value.get_ref() else {
+        return Vec::new();
+    };
+    items.iter().filter_map(written_name).collect()
+}
+
+/// The `name` of one `[[rule]]` as written, when it is a string.
+fn written_name(item: &Spanned<DeValue<'_>>) -> Option<String> {
+    match item.get_ref() {
+        DeValue::Table(table) => match table.get("name").map(Spanned::get_ref) {
+            Some(DeValue::String(name)) => Some(name.to_string()),
+            _ => None,
+        },
+        _ => None,
     }
 }
 

@@ -33,12 +33,12 @@ impl fmt::Display for Problem {
 /// Why a config file could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    /// The file could not be read at all.
-    #[error("cannot read config file {}: {source}", path.display())]
+    /// The file could not be read at all. The cause is in the message and
+    /// not a `source`, so a chain printed with `{:#}` says it once.
+    #[error("cannot read config file {}: {cause}", path.display())]
     Read {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// The file was read, and these are all the problems in it.
     #[error("{}", render(path, problems))]
@@ -68,6 +68,15 @@ fn render(path: &Path, problems: &[Problem]) -> String {
     out
 }
 
+/// What a person writes for each key of a raw config table, for messages
+/// about a value of the wrong type ("a whole number", "a duration in quotes,
+/// such as \"30s\"") instead of serde's Rust names (`i64`, `a string`).
+pub trait Expected {
+    /// How a value of `key` is written, or `None` for a key the table does
+    /// not have.
+    fn expected(key: &str) -> Option<&'static str>;
+}
+
 /// The problems found so far in one source text.
 pub struct Problems<'s> {
     source: &'s str,
@@ -90,6 +99,20 @@ impl<'s> Problems<'s> {
             column,
             message: message.into(),
         });
+    }
+
+    /// The text written at `span`, on one line and shortened, to show what
+    /// was found.
+    fn written(&self, span: &Range<usize>) -> String {
+        /// Enough to recognise a value, short enough for one message line.
+        const SHOWN: usize = 40;
+        let text = self.source.get(span.clone()).unwrap_or("").trim();
+        let line = text.lines().next().unwrap_or("");
+        let mut shown: String = line.chars().take(SHOWN).collect();
+        if shown.len() < text.len() {
+            shown.push_str(" ...");
+        }
+        shown
     }
 
     pub fn is_empty(&self) -> bool {
@@ -129,7 +152,7 @@ pub struct Parsed<T> {
 /// serde stops at the first error, so after each one the key it points at is
 /// removed and the table is tried again; `context` (e.g. `[daemon]`) prefixes
 /// each message. Returns `None` only when the value is not a table at all.
-pub fn deserialize_all<T: DeserializeOwned>(
+pub fn deserialize_all<T: DeserializeOwned + Expected>(
     value: &Spanned<DeValue<'_>>,
     context: &str,
     problems: &mut Problems<'_>,
@@ -159,8 +182,15 @@ pub fn deserialize_all<T: DeserializeOwned>(
         });
         match offender {
             Some((key, in_value)) => {
+                // A bad value is a value of the wrong type (meanings are
+                // checked later, on the typed value): say how the key is
+                // written, and what was written instead.
                 let text = if in_value {
-                    format!("{context} {key}: {message}")
+                    let expected = T::expected(&key)
+                        .map(str::to_owned)
+                        .unwrap_or_else(|| plain_types(&message));
+                    let found = problems.written(&err_span);
+                    format!("{context} {key}: expected {expected}, found {found}")
                 } else {
                     format!("{context}: {message}")
                 };
@@ -178,6 +208,21 @@ pub fn deserialize_all<T: DeserializeOwned>(
 
 fn contains(outer: Range<usize>, inner: &Range<usize>) -> bool {
     outer.start <= inner.start && inner.end <= outer.end && inner.start < outer.end
+}
+
+/// serde's message in a person's words, for a key [`Expected`] does not
+/// know (it knows every key; this keeps a new one readable).
+fn plain_types(message: &str) -> String {
+    let wanted = message.rsplit("expected ").next().unwrap_or(message);
+    match wanted {
+        "i64" | "u64" | "i32" | "u32" | "usize" => "a whole number (without quotes)",
+        "a boolean" => "true or false (without quotes)",
+        "a string" => "text in quotes",
+        "a sequence" => "a list in brackets, such as [\"a\", \"b\"]",
+        "f64" | "f32" => "a number",
+        other => other,
+    }
+    .to_owned()
 }
 
 /// serde's messages end with a newline or carry a trailing period unevenly.

@@ -7,6 +7,15 @@
 use serde::Deserialize;
 use toml::Spanned;
 
+use super::problems::Expected;
+
+/// How a person writes a duration, for type errors.
+const DURATION: &str = "a duration in quotes, such as \"30s\" or \"2m 30s\"";
+/// How a person writes a path.
+const PATH: &str = "a path in quotes, such as \"/srv/builds/mygame\"";
+/// How a person writes a yes/no setting.
+const BOOL: &str = "true or false (without quotes)";
+
 /// `[patchkit]`: where the API is and where the key comes from.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -79,4 +88,72 @@ pub struct RawNotify {
     pub format: Option<Spanned<String>>,
     pub events: Option<Spanned<Vec<String>>>,
     pub rules: Option<Spanned<Vec<String>>>,
+    pub panel_url: Option<Spanned<String>>,
+}
+
+impl Expected for RawPatchkit {
+    fn expected(key: &str) -> Option<&'static str> {
+        Some(match key {
+            "api_url" | "upload_url" => "a URL in quotes, such as \"https://api2.patchkit.net\"",
+            "api_key_env" => {
+                "the name of an environment variable in quotes, such as \"PATCHKIT_API_KEY\""
+            }
+            "api_key_file" => PATH,
+            "allow_insecure_http" => BOOL,
+            "request_timeout" | "connect_timeout" | "stall_timeout" | "retry_base"
+            | "retry_cap" => DURATION,
+            "retry_give_up" => "a duration in quotes, such as \"2m\", or \"never\"",
+            _ => return None,
+        })
+    }
+}
+
+impl Expected for RawDaemon {
+    fn expected(key: &str) -> Option<&'static str> {
+        Some(match key {
+            "state_dir" | "log_dir" => PATH,
+            "workers" => "a whole number from 1 to 64, such as 2 (without quotes)",
+            "log_keep" => "a whole number of daily files, such as 14 (without quotes)",
+            "chunk_size" => "a size in quotes, such as \"10MiB\"",
+            "settle" | "rescan" | "shutdown_timeout" | "poll_interval" | "auth_retry"
+            | "stuck_after" | "keep_finished" => DURATION,
+            "log_level" => "a log level in quotes, such as \"info\" or \"debug\"",
+            "metrics" => "an address in quotes, such as \"127.0.0.1:9464\"",
+            _ => return None,
+        })
+    }
+}
+
+impl Expected for RawRule {
+    fn expected(key: &str) -> Option<&'static str> {
+        Some(match key {
+            "name" => "a name in quotes, such as \"mygame-windows\"",
+            "folder" | "done_folder" | "failed_folder" => PATH,
+            "pattern" => "a file name pattern in quotes, such as \"*.zip\"",
+            "app_secret" => "the app's secret in quotes, as the PatchKit panel shows it",
+            "label" | "changelog" => "a template in quotes, such as \"{stem}\"",
+            "changelog_file" => "a file name template in quotes, such as \"{stem}.changelog.md\"",
+            "publish" | "recursive" => BOOL,
+            "existing_draft" => "\"fail\" or \"take_over\"",
+            "poll" | "settle" => DURATION,
+            "ignore" => "a list of file name patterns, such as [\"*.part\", \".*\"]",
+            "filename_regex" => "a regular expression in quotes, such as '^MyGame-.*\\.zip$'",
+            "after_publish" => "\"keep\", \"delete\" or \"move\"",
+            "on_failure" => "\"keep\" or \"move\"",
+            _ => return None,
+        })
+    }
+}
+
+impl Expected for RawNotify {
+    fn expected(key: &str) -> Option<&'static str> {
+        Some(match key {
+            "url" => "a webhook URL in quotes, such as \"https://hooks.slack.com/services/...\"",
+            "format" => "\"json\", \"slack\" or \"discord\"",
+            "events" => "a list of event names, such as [\"published\", \"failed\"]",
+            "rules" => "a list of rule names, such as [\"mygame-windows\"]",
+            "panel_url" => "a URL in quotes, such as \"https://panel.patchkit.net\"",
+            _ => return None,
+        })
+    }
 }

@@ -45,6 +45,41 @@ pub struct ClientOptions {
     pub retry: RetryPolicy,
     /// The `User-Agent` header.
     pub user_agent: String,
+    /// Where the client notes each app it reads; share one between the
+    /// clients a process builds over time (a new key, a reload).
+    pub known_apps: KnownApps,
+}
+
+/// The apps a client has read (`GET /1/apps/{secret}`), by secret: their
+/// names and ids for messages, without asking PatchKit again. Cheap to
+/// clone; clones share one table.
+#[derive(Debug, Clone, Default)]
+pub struct KnownApps(Arc<std::sync::Mutex<std::collections::HashMap<String, KnownApp>>>);
+
+/// What PatchKit last said about an app.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KnownApp {
+    /// The numeric id: the panel's pages are addressed by it.
+    pub id: u64,
+    /// The name shown to players when set, else the internal name.
+    pub name: String,
+}
+
+impl KnownApps {
+    /// The app with this secret, if a client has read it.
+    pub fn get(&self, secret: &str) -> Option<KnownApp> {
+        self.0.lock().ok()?.get(secret).cloned()
+    }
+
+    fn note(&self, secret: &str, app: &App) {
+        let name = match &app.display_name {
+            Some(shown) if !shown.trim().is_empty() => shown.clone(),
+            _ => app.name.clone(),
+        };
+        if let Ok(mut apps) = self.0.lock() {
+            apps.insert(secret.to_owned(), KnownApp { id: app.id, name });
+        }
+    }
 }
 
 impl ClientOptions {
@@ -70,6 +105,7 @@ impl ClientOptions {
             stall_timeout: Duration::from_secs(60),
             retry: RetryPolicy::default(),
             user_agent: concat!(env!("CARGO_PKG_NAME"), "/", env!("CARGO_PKG_VERSION")).to_owned(),
+            known_apps: KnownApps::default(),
         }
     }
 }
@@ -101,6 +137,8 @@ pub(super) struct Inner {
     pub(super) stall_timeout: Duration,
     /// Backoff of retried calls.
     pub(super) retry: RetryPolicy,
+    /// The apps read so far.
+    pub(super) known_apps: KnownApps,
 }
 
 /// A response we accepted: its status and full body.
@@ -149,6 +187,7 @@ impl Client {
                 request_timeout: opts.request_timeout,
                 stall_timeout: opts.stall_timeout,
                 retry: opts.retry,
+                known_apps: opts.known_apps,
             }),
         })
     }
@@ -156,7 +195,14 @@ impl Client {
     /// `GET /1/apps/{secret}`.
     pub async fn get_app(&self, secret: &str) -> Result<App, ApiError> {
         let url = self.api(&["apps", secret]);
-        self.json(Endpoint::GetApp, url, None).await
+        let app: App = self.json(Endpoint::GetApp, url, None).await?;
+        self.inner.known_apps.note(secret, &app);
+        Ok(app)
+    }
+
+    /// The apps this client (and the clients sharing its table) has read.
+    pub fn known_apps(&self) -> KnownApps {
+        self.inner.known_apps.clone()
     }
 
     /// `GET /1/apps`: the key owner's apps.

@@ -35,7 +35,7 @@ mod types;
 mod upload;
 
 pub use chunks::{ChunkRange, ChunkRanges, DEFAULT_CHUNK_SIZE, chunk_ranges};
-pub use client::{Client, ClientOptions, DEFAULT_API_URL, DEFAULT_UPLOAD_URL};
+pub use client::{Client, ClientOptions, DEFAULT_API_URL, DEFAULT_UPLOAD_URL, KnownApp, KnownApps};
 pub use error::{ApiError, BoxError, BuildError, Endpoint, ErrorKind};
 pub use key::ApiKey;
 pub use retry::{Backoff, RequestRetry, RetryClass, RetryPolicy, RetryWatch, watched};

@@ -6,8 +6,10 @@
 //! exponential backoff and jitter on connection errors, 5xx and 429, then
 //! given up with one warning.
 //!
-//! Knows [`BuildEvent`]s from the [`Observer`] and the `[[notify]]` config;
-//! nothing about the store, the pipeline or PatchKit.
+//! Knows [`BuildEvent`]s from the [`Observer`], the `[[notify]]` config and
+//! what the caller's [`AppLookup`] says about an app (its name and id, for
+//! the message and the panel link); nothing about the store, the pipeline or
+//! PatchKit's API.
 //!
 //! Architecture invariants:
 //! - Delivery never blocks the pipeline. The observer's broadcast channel is
@@ -37,7 +39,26 @@ use crate::config::Notify;
 use crate::observe::{BuildEvent, Observer};
 use crate::patchkit::RetryPolicy;
 
-pub use payload::payload;
+pub use payload::{Facts, payload};
+
+/// What is known about an app, by its secret: its name and its numeric id
+/// (PatchKit's panel addresses apps by id).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppInfo {
+    /// The app's name.
+    pub name: String,
+    /// The app's numeric id; 0 when PatchKit did not send it.
+    pub id: u64,
+}
+
+/// Looks an app up by its secret; `None` until PatchKit has told the daemon
+/// about it.
+pub type AppLookup = Arc<dyn Fn(&str) -> Option<AppInfo> + Send + Sync>;
+
+/// A lookup that knows no app: messages name the rule instead.
+pub fn no_apps() -> AppLookup {
+    Arc::new(|_| None)
+}
 
 /// The longest `Retry-After` we honour. A hook that asks for an hour would
 /// hold its delivery slot that long; a minute is the whole retry budget.
@@ -98,7 +119,6 @@ struct Hook {
 type Hooks = Arc<Vec<Arc<Hook>>>;
 
 /// The running notifier: swap its hooks on reload, wait for it on shutdown.
-#[derive(Debug)]
 pub struct Notifier {
     /// The hooks the dispatch task reads for each event.
     hooks: watch::Sender<Hooks>,
@@ -153,15 +173,17 @@ fn hook(notify: Notify, max_in_flight: usize) -> Arc<Hook> {
 pub fn spawn(
     hooks: Vec<Notify>,
     observer: &Observer,
+    apps: AppLookup,
     cancel: CancellationToken,
 ) -> Option<Notifier> {
-    spawn_with(hooks, observer, cancel, Delivery::default())
+    spawn_with(hooks, observer, apps, cancel, Delivery::default())
 }
 
 /// [`spawn`] with the caller's delivery settings.
 pub fn spawn_with(
     hooks: Vec<Notify>,
     observer: &Observer,
+    apps: AppLookup,
     cancel: CancellationToken,
     delivery: Delivery,
 ) -> Option<Notifier> {
@@ -180,6 +202,8 @@ pub fn spawn_with(
         delivery: Arc::new(delivery),
         cancel,
         tracker: TaskTracker::new(),
+        host: host_name(),
+        apps,
     };
     let task = tokio::spawn(dispatcher.run(observer.subscribe()));
     Some(Notifier {
@@ -195,12 +219,24 @@ pub fn update(
     notifier: &mut Option<Notifier>,
     hooks: Vec<Notify>,
     observer: &Observer,
+    apps: AppLookup,
     cancel: &CancellationToken,
 ) {
     match notifier {
         Some(running) => running.set_hooks(hooks),
-        None => *notifier = spawn(hooks, observer, cancel.clone()),
+        None => *notifier = spawn(hooks, observer, apps, cancel.clone()),
     }
+}
+
+/// This machine's name, as `hostname` prints it: which of several build
+/// machines sent a message.
+fn host_name() -> String {
+    // The kernel's copy of the name; the daemon runs on Linux only.
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|name| name.trim().to_owned())
+        .ok()
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "an unnamed host".to_owned())
 }
 
 /// Whether `hook` is sent `event`: its kind is in the hook's `events` and
@@ -222,6 +258,10 @@ struct Dispatcher {
     cancel: CancellationToken,
     /// Deliveries in flight, waited for on shutdown.
     tracker: TaskTracker,
+    /// This machine's name, for the messages.
+    host: String,
+    /// Names and ids of apps, for the messages.
+    apps: AppLookup,
 }
 
 impl Dispatcher {
@@ -278,7 +318,12 @@ impl Dispatcher {
                 );
                 continue;
             };
-            let body = payload(hook.notify.format, event, time);
+            let body = payload(
+                hook.notify.format,
+                event,
+                time,
+                &self.facts(&hook.notify, event),
+            );
             let job = Job {
                 http: self.http.clone(),
                 hook: hook.clone(),
@@ -291,6 +336,26 @@ impl Dispatcher {
                 job.run().await;
                 drop(slot);
             });
+        }
+    }
+}
+
+impl Dispatcher {
+    /// What a message to `hook` says beside the build: the host, and the
+    /// app's name and panel page when known.
+    fn facts(&self, hook: &Notify, event: &BuildEvent) -> Facts {
+        let app = (self.apps)(&event.build.app_secret);
+        let app_url = app.as_ref().filter(|a| a.id != 0).map(|a| {
+            format!(
+                "{}/apps/{}",
+                hook.panel_url.as_str().trim_end_matches('/'),
+                a.id
+            )
+        });
+        Facts {
+            host: self.host.clone(),
+            app_name: app.map(|a| a.name).filter(|n| !n.trim().is_empty()),
+            app_url,
         }
     }
 }
