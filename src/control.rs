@@ -246,9 +246,12 @@ impl BuildRow {
 }
 
 impl BuildRow {
-    /// The row for a build, with live progress when the observer has it.
+    /// The row for a build, with live progress when the observer has it
+    /// (a finished build has none, whatever its last stage reported).
     pub fn new(build: &Build, observer: Option<&Observer>) -> BuildRow {
-        let live = observer.and_then(|o| o.live(build.id));
+        let live = observer
+            .filter(|_| !build.state.is_terminal())
+            .and_then(|o| o.live(build.id));
         let (mut progress, warnings, reason) = match &build.state {
             BuildState::Uploading {
                 acknowledged,

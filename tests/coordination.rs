@@ -132,6 +132,8 @@ async fn the_daemon_waits_for_a_person_holding_the_lock_then_publishes() {
     s.assert_published_in_order(&app(0), &[&file]);
     let rows = s.status_rows();
     assert!(waiting(&rows).is_none(), "{rows:#?}");
+    // A finished build shows no progress of its last stage.
+    assert!(rows[0]["progress_percent"].is_null(), "{rows:#?}");
     let log = daemon.log_text();
     assert_eq!(log.matches(STUCK).count(), 1, "{log}");
     assert!(

@@ -233,7 +233,7 @@ async fn a_newer_schema_is_refused_with_a_clear_error() {
 
     // Write a record from the future behind the store's back.
     let db = open_raw(dir.path());
-    let future = br#"{"v":3,"id":0,"something":"new"}"#;
+    let future = br#"{"v":4,"id":0,"something":"new"}"#;
     db.open_tree("builds")
         .unwrap()
         .insert(build.id.to_key(), &future[..])
@@ -245,27 +245,27 @@ async fn a_newer_schema_is_refused_with_a_clear_error() {
     // skip a build it cannot understand.
     let err = open_err(dir.path());
     assert!(
-        matches!(&err, StoreError::UnsupportedSchema { version: 3, key }
+        matches!(&err, StoreError::UnsupportedSchema { version: 4, key }
             if key == &format!("build {} in {}", build.id, dir.path().join("db").display())),
         "{err:?}"
     );
-    assert!(err.to_string().contains("schema version 3"), "{err}");
+    assert!(err.to_string().contains("schema version 4"), "{err}");
     assert!(
         decode_build("x", future)
-            .is_err_and(|e| matches!(e, StoreError::UnsupportedSchema { version: 3, .. }))
+            .is_err_and(|e| matches!(e, StoreError::UnsupportedSchema { version: 4, .. }))
     );
 
     // And a database whose schema version is from the future is not opened.
     let db = open_raw(dir.path());
     db.open_tree("meta")
         .unwrap()
-        .insert("schema_version", "3")
+        .insert("schema_version", "4")
         .unwrap();
     db.flush().unwrap();
     drop(db);
     let err = open_err(dir.path());
     assert!(
-        matches!(err, StoreError::UnsupportedSchema { version: 3, .. }),
+        matches!(err, StoreError::UnsupportedSchema { version: 4, .. }),
         "{err:?}"
     );
 }
