@@ -279,9 +279,10 @@ impl Client {
             );
             // The previous chunk's offset is recorded while this one is on the
             // wire: waiting for the record first would add its time (a flush
-            // to disk) to every chunk.
+            // to disk) to every chunk. The send is polled first, so the
+            // request is on its way even if the record's first step blocks.
             let (recorded, sent) = if accepted > acknowledged {
-                let (recorded, sent) = tokio::join!(ack.acknowledged(accepted), send);
+                let (sent, recorded) = tokio::join!(send, ack.acknowledged(accepted));
                 (Some(recorded), sent)
             } else {
                 (None, send.await)
