@@ -513,12 +513,20 @@ pub fn write_zip(path: &Path, size: u64, seed: u64) {
     crate::zips::write_exact(path, size, seed).expect("writing a ZIP");
 }
 
-/// A fresh temporary directory for one benchmark.
+/// A fresh temporary directory for one benchmark, deleted at its end
+/// unless `PERF_KEEP` is set (then its path is printed: the daemon's log and
+/// config are in `daemon/`).
 pub fn temp_dir(name: &str) -> tempfile::TempDir {
-    tempfile::Builder::new()
+    let keep = std::env::var_os("PERF_KEEP").is_some();
+    let dir = tempfile::Builder::new()
         .prefix(&format!("patchkit-perf-{name}-"))
+        .disable_cleanup(keep)
         .tempdir()
-        .expect("temp dir")
+        .expect("temp dir");
+    if keep {
+        println!("(kept: {})", dir.path().display());
+    }
+    dir
 }
 
 /// "met" or "MISSED".
