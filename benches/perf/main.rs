@@ -16,6 +16,8 @@
 //! processes, so what is measured is the daemon alone, the way an operator
 //! runs it. They print their figures and a verdict per bound; they are not
 //! tests, and exit with status 1 only when a benchmark could not run.
+//! `PERF_BIN=path` measures another build of the binary instead;
+//! `PERF_KEEP=1` keeps each benchmark's directory.
 
 mod chunks;
 mod cpu;

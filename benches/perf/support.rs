@@ -25,9 +25,12 @@ pub fn mib(bytes: u64) -> f64 {
     bytes as f64 / MIB
 }
 
-/// The release binary cargo built for this benchmark.
-fn binary() -> &'static str {
-    env!("CARGO_BIN_EXE_patchkit-autopublish")
+/// The release binary cargo built for this benchmark, or the one named by
+/// `PERF_BIN` (to measure another release the same way).
+fn binary() -> PathBuf {
+    std::env::var_os("PERF_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_patchkit-autopublish")))
 }
 
 /// `patchkit-autopublish sandbox` in its own process, killed on drop.
