@@ -1,11 +1,12 @@
 //! The chunk upload engine: a file to PatchKit's upload host, resumably.
 //!
 //! Owns reading and hashing chunks (a reader thread one chunk ahead of the
-//! sender, so memory stays at about three chunks), sending each chunk with
-//! its MD5 and `Content-Range`, the stall watchdog that replaces a total
-//! timeout for chunks, resending on MD5 mismatch and transient errors, and
-//! reporting every acknowledged offset through an [`AckSink`]. Knows nothing
-//! about where the pipeline stores offsets: it only calls the sink.
+//! sender, reusing at most three chunk buffers), sending each chunk with its
+//! MD5 and `Content-Range`, the stall watchdog that replaces a total timeout
+//! for chunks, resending on MD5 mismatch and transient errors, and reporting
+//! every acknowledged offset through an [`AckSink`] while the next chunk is
+//! already on its way. Knows nothing about where the pipeline stores
+//! offsets: it only calls the sink.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -16,7 +17,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use md5::{Digest, Md5};
 use reqwest::Body;
 use reqwest::header::CONTENT_RANGE;
@@ -37,14 +38,24 @@ use super::types::UploadId;
 /// chunk's buffer (no copy).
 const SLICE_SIZE: usize = 64 * 1024;
 
+/// A chunk is read from the file and hashed in pieces of this size, so the
+/// bytes the kernel just copied are hashed while they are still in the CPU's
+/// cache (a few hundred KiB fit in any L2); hashing a whole 10 MiB chunk
+/// after reading it would fetch every byte from memory twice.
+const HASH_PIECE: usize = 256 * 1024;
+
 /// A chunk whose MD5 is refused this many times in a row is given up on:
 /// one mismatch is line noise, five mean something corrupts every attempt
 /// (a broken proxy, bad memory) and resending forever would hide it.
 const MAX_CHUNK_MISMATCHES: u32 = 5;
 
-/// Where acknowledged offsets go. The upload awaits the sink after every
-/// chunk the server accepted, before sending the next one; an `Err` stops the
-/// upload with [`UploadError::Ack`].
+/// Where acknowledged offsets go. After each chunk the server accepted, the
+/// upload awaits the sink with the new offset while it sends the next chunk
+/// (so recording an offset costs no time on a far link), and awaits it for
+/// the last chunk before it returns. Offsets arrive in order, one call at a
+/// time. An `Err` stops the upload with [`UploadError::Ack`] once the chunk
+/// in flight has been answered; at most that one chunk is sent past an
+/// offset that was not recorded, and it is sent again on resume.
 pub trait AckSink: Send {
     /// All bytes before `offset` have been accepted by the server.
     fn acknowledged(&mut self, offset: u64) -> impl Future<Output = Result<(), BoxError>> + Send;
@@ -186,13 +197,13 @@ impl Client {
     }
 
     /// Uploads `req.path` from `req.start_offset` to the end, chunk after
-    /// chunk, in order. After each accepted chunk, awaits `ack` with the new
-    /// acknowledged offset. Reading and hashing the next chunk overlaps with
-    /// sending the current one.
+    /// chunk, in order. Each acknowledged offset is given to `ack` while the
+    /// next chunk is sent; the last one before this returns. Reading and
+    /// hashing the next chunk overlaps with sending the current one.
     ///
     /// On `cancel`, the chunk in flight finishes (or is abandoned if it is
-    /// waiting to be retried) and the upload returns
-    /// [`UploadError::Cancelled`] with the offset acknowledged so far.
+    /// waiting to be retried), its offset is given to `ack`, and the upload
+    /// returns [`UploadError::Cancelled`] with the offset acknowledged so far.
     ///
     /// A 0-byte upload is refused: PatchKit needs a ZIP, and a ZIP is never
     /// empty, so 0 bytes means a caller bug.
@@ -222,49 +233,85 @@ impl Client {
         // Capacity 1: one chunk waits here while one is sent and one is read,
         // so at most three chunk buffers are alive.
         let (tx, mut rx) = mpsc::channel(1);
+        // Sent buffers go back to the reader, which fills them again: a fresh
+        // 10 MiB buffer per chunk would be zeroed and page-faulted in anew.
+        let (recycle, recycled) = std::sync::mpsc::channel();
         let reader = {
             let path = req.path.clone();
             let ranges = chunk_ranges(req.total_size, req.chunk_size, req.start_offset);
             let total = req.total_size;
-            tokio::task::spawn_blocking(move || read_chunks(file, &path, total, ranges, &tx))
+            tokio::task::spawn_blocking(move || {
+                read_chunks(file, &path, total, ranges, &tx, &recycled)
+            })
         };
 
+        // Accepted by the server, not yet given to the sink.
+        let mut accepted = req.start_offset;
+        // Given to the sink.
         let mut acknowledged = req.start_offset;
         // Bounded by the total, not by the channel, so a cancel that arrives
         // after the last chunk was accepted does not report a finished upload
         // as cancelled.
-        while acknowledged < req.total_size {
+        while accepted < req.total_size {
             let next = tokio::select! {
                 biased;
-                () = cancel.cancelled() => return Err(UploadError::Cancelled { acknowledged }),
+                () = cancel.cancelled() => None,
                 next = rx.recv() => next,
             };
-            let Some(chunk) = next else { break };
+            let Some(chunk) = next else {
+                if accepted > acknowledged {
+                    ack.acknowledged(accepted).await.map_err(UploadError::Ack)?;
+                    acknowledged = accepted;
+                }
+                if cancel.is_cancelled() {
+                    return Err(UploadError::Cancelled { acknowledged });
+                }
+                break;
+            };
             let chunk = chunk?;
-            let sent = self
-                .send_chunk(
-                    req.upload_id,
-                    chunk.range,
-                    req.total_size,
-                    &chunk.data,
-                    &chunk.md5,
-                    Some(cancel),
-                )
-                .await?;
-            if let Sent::Cancelled = sent {
+            let send = self.send_chunk(
+                req.upload_id,
+                chunk.range,
+                req.total_size,
+                &chunk.data,
+                &chunk.md5,
+                Some(cancel),
+            );
+            // The previous chunk's offset is recorded while this one is on the
+            // wire: waiting for the record first would add its time (a flush
+            // to disk) to every chunk. The send is polled first, so the
+            // request is on its way even if the record's first step blocks.
+            let (recorded, sent) = if accepted > acknowledged {
+                let (sent, recorded) = tokio::join!(send, ack.acknowledged(accepted));
+                (Some(recorded), sent)
+            } else {
+                (None, send.await)
+            };
+            if let Some(recorded) = recorded {
+                recorded.map_err(UploadError::Ack)?;
+                acknowledged = accepted;
+            }
+            if let Sent::Cancelled = sent? {
                 return Err(UploadError::Cancelled { acknowledged });
             }
-            acknowledged = chunk.range.end_exclusive();
-            tracing::debug!(upload = %req.upload_id, acknowledged, total = req.total_size, "chunk accepted");
-            ack.acknowledged(acknowledged)
-                .await
-                .map_err(UploadError::Ack)?;
+            accepted = chunk.range.end_exclusive();
+            tracing::debug!(upload = %req.upload_id, accepted, total = req.total_size, "chunk accepted");
+            // Unique once the connection has let go of the body's slices;
+            // otherwise the reader allocates a new buffer.
+            if let Ok(buf) = chunk.data.try_into_mut() {
+                let _ = recycle.send(buf);
+            }
+        }
+        if accepted > acknowledged {
+            ack.acknowledged(accepted).await.map_err(UploadError::Ack)?;
+            acknowledged = accepted;
         }
 
         let io_error = |source| UploadError::Io {
             path: req.path.clone(),
             source,
         };
+        drop(recycle);
         reader.await.map_err(|e| io_error(io::Error::other(e)))?;
         if acknowledged != req.total_size {
             // Only reachable if the reader stopped without saying why.
@@ -430,7 +477,8 @@ async fn open_checked(path: PathBuf, expected: u64) -> Result<std::fs::File, Upl
     })?
 }
 
-/// The reader thread: reads and hashes each chunk in order and hands it over.
+/// The reader thread: reads and hashes each chunk in order and hands it over,
+/// into a buffer that came back through `recycled` when there is one.
 /// Stops early when the receiver is gone (the upload ended) or after sending
 /// an error.
 fn read_chunks(
@@ -439,10 +487,12 @@ fn read_chunks(
     total: u64,
     ranges: impl Iterator<Item = ChunkRange>,
     tx: &mpsc::Sender<Result<ReadChunk, UploadError>>,
+    recycled: &std::sync::mpsc::Receiver<BytesMut>,
 ) {
     let mut positioned = false;
     for range in ranges {
-        let item = read_chunk(&mut file, path, total, range, !positioned);
+        let buf = recycled.try_recv().unwrap_or_default();
+        let item = read_chunk(&mut file, path, total, range, !positioned, buf);
         positioned = true;
         let failed = item.is_err();
         if tx.blocking_send(item).is_err() || failed {
@@ -451,13 +501,15 @@ fn read_chunks(
     }
 }
 
-/// Reads one chunk (seeking first when `seek` is set) and hashes it.
+/// Reads one chunk into `buf` (seeking first when `seek` is set) and hashes
+/// it, piece by piece.
 fn read_chunk(
     file: &mut std::fs::File,
     path: &Path,
     total: u64,
     range: ChunkRange,
     seek: bool,
+    mut buf: BytesMut,
 ) -> Result<ReadChunk, UploadError> {
     let io_error = |source| UploadError::Io {
         path: path.to_owned(),
@@ -466,25 +518,30 @@ fn read_chunk(
     if seek {
         file.seek(SeekFrom::Start(range.start)).map_err(io_error)?;
     }
-    // Checked by the caller: a chunk size fits in usize.
-    let mut buf = vec![0; range.size() as usize];
-    if let Err(err) = file.read_exact(&mut buf) {
-        if err.kind() == io::ErrorKind::UnexpectedEof {
-            // The file shrank under us.
-            let found = file.metadata().map_err(io_error)?.len();
-            return Err(UploadError::FileChanged {
-                path: path.to_owned(),
-                expected: total,
-                found,
-            });
+    // Checked by the caller: a chunk size fits in usize. A reused buffer
+    // already has the length (only the last chunk is shorter), so nothing
+    // is zeroed after the first chunks.
+    buf.resize(range.size() as usize, 0);
+    let mut md5 = Md5::new();
+    for piece in buf.chunks_mut(HASH_PIECE) {
+        if let Err(err) = file.read_exact(piece) {
+            if err.kind() == io::ErrorKind::UnexpectedEof {
+                // The file shrank under us.
+                let found = file.metadata().map_err(io_error)?.len();
+                return Err(UploadError::FileChanged {
+                    path: path.to_owned(),
+                    expected: total,
+                    found,
+                });
+            }
+            return Err(io_error(err));
         }
-        return Err(io_error(err));
+        md5.update(&*piece);
     }
-    let md5 = md5_hex(&buf);
     Ok(ReadChunk {
         range,
-        data: Bytes::from(buf),
-        md5,
+        data: buf.freeze(),
+        md5: format!("{:x}", md5.finalize()),
     })
 }
 

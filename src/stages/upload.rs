@@ -191,7 +191,8 @@ async fn revalidate(build: &Build) -> Result<(), StepError> {
     Ok(())
 }
 
-/// Writes every acknowledged offset to the store before the next chunk goes.
+/// Writes every acknowledged offset to the store, while the next chunk is
+/// on the wire; the upload ends only after the last one is written.
 struct StoreAck {
     ctx: StageCtx,
     /// The build as last written.

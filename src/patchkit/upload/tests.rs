@@ -194,6 +194,8 @@ async fn a_resumed_upload_sends_only_the_rest() {
     assert_eq!(rx.data.lock().unwrap()[200_000..], content[200_000..]);
 }
 
+/// The chunk in flight when the cancel came (the second: the first offset is
+/// recorded while it is sent) is finished and recorded; nothing after it goes.
 #[tokio::test]
 async fn cancel_stops_at_a_chunk_boundary() {
     let rx = Arc::new(Receiver::default());
@@ -212,10 +214,10 @@ async fn cancel_stops_at_a_chunk_boundary() {
     assert!(matches!(
         err,
         UploadError::Cancelled {
-            acknowledged: 100_000
+            acknowledged: 200_000
         }
     ));
-    assert_eq!(rx.ranges.lock().unwrap().len(), 1);
+    assert_eq!(rx.ranges.lock().unwrap().len(), 2);
 }
 
 #[tokio::test]
@@ -233,7 +235,54 @@ async fn a_refused_ack_stops_the_upload() {
         .await
         .unwrap_err();
     assert!(matches!(err, UploadError::Ack(_)));
-    assert_eq!(rx.ranges.lock().unwrap().len(), 1);
+    // The first offset was refused while the second chunk was on the wire;
+    // nothing went after it.
+    assert_eq!(rx.ranges.lock().unwrap().len(), 2);
+}
+
+/// A sink that records offset 100 000 only once the server holds the second
+/// chunk: an engine that waited for the record before sending would never
+/// get there.
+struct WaitsForNextChunk {
+    rx: Arc<Receiver>,
+    offsets: Vec<u64>,
+}
+
+impl AckSink for WaitsForNextChunk {
+    async fn acknowledged(&mut self, offset: u64) -> Result<(), BoxError> {
+        if offset == 100_000 {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while self.rx.ranges.lock().unwrap().len() < 2 {
+                if Instant::now() > deadline {
+                    return Err("the second chunk was not sent while the first was recorded".into());
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+        self.offsets.push(offset);
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn an_offset_is_recorded_while_the_next_chunk_is_sent() {
+    let rx = Arc::new(Receiver::default());
+    let client = client(serve_chunks(Arc::clone(&rx)).await, quick_retries());
+    let (file, content) = file_of(250_000);
+    let mut sink = WaitsForNextChunk {
+        rx: Arc::clone(&rx),
+        offsets: Vec::new(),
+    };
+    client
+        .upload_file(
+            &request(file.path(), 250_000, 0),
+            &mut sink,
+            &CancellationToken::new(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(sink.offsets, vec![100_000, 200_000, 250_000]);
+    assert_eq!(*rx.data.lock().unwrap(), content);
 }
 
 #[tokio::test]
