@@ -446,7 +446,11 @@ fn print_table(rows: &[BuildRow]) {
             .or_else(|| r.waiting.clone())
             .or_else(|| r.last_error.clone())
             .unwrap_or_default();
-        if let Some(at) = r.next_attempt_at.filter(|_| r.reason.is_none()) {
+        // A retry time already passed means the step is running again.
+        if let Some(at) = r
+            .next_attempt_at
+            .filter(|at| r.reason.is_none() && *at > now)
+        {
             text.push_str(&format!("; next try in {}", next_try(at)));
         }
         // Channels not yet live are named; a failed one's reason is the

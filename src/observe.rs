@@ -135,8 +135,8 @@ pub struct Observer {
 struct Inner {
     /// Every unfinished build as last written to the store.
     builds: Mutex<BTreeMap<BuildId, Build>>,
-    /// Finished builds already announced, with the record's `updated_at`.
-    finished: Mutex<HashMap<BuildId, u64>>,
+    /// Finished builds already announced, with the state they ended in.
+    finished: Mutex<HashMap<BuildId, &'static str>>,
     live: Mutex<HashMap<BuildId, Live>>,
     /// When each running build entered the stage it is in, for
     /// `stage_duration_seconds`: only stages this process saw begin.
@@ -314,7 +314,7 @@ impl Observer {
         {
             return;
         }
-        if build.state.is_terminal() && self.already_told(build) {
+        if self.already_told(build) && build.state.is_terminal() {
             return;
         }
         // A new build is logged by intake, with its file.
@@ -436,7 +436,14 @@ impl Observer {
     /// same record told twice).
     fn already_told(&self, build: &Build) -> bool {
         let mut told = self.inner.finished.lock().expect("observer lock");
-        if told.get(&build.id) == Some(&build.updated_at) {
+        if !build.state.is_terminal() {
+            // Retried: its next end is news again.
+            told.remove(&build.id);
+            return false;
+        }
+        // By state, not by write: a finished record written again (its
+        // attempt count cleared) is the same end.
+        if told.get(&build.id) == Some(&build.state.name()) {
             return true;
         }
         // Only the last few hundred finished builds matter: a repeat comes
@@ -444,7 +451,7 @@ impl Observer {
         if told.len() >= 512 {
             told.clear();
         }
-        told.insert(build.id, build.updated_at);
+        told.insert(build.id, build.state.name());
         false
     }
 
@@ -637,5 +644,92 @@ impl RetryWatch for BuildRetries {
 
     fn answered(&self) {
         self.observer.request_settled(self.id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::*;
+    use crate::state::FileIdentity;
+
+    fn build(state: BuildState, attempts: u32, updated_at: u64) -> Build {
+        Build {
+            id: BuildId(7),
+            rule: "win".into(),
+            app_secret: "app".into(),
+            file: PathBuf::from("/b/game.zip"),
+            identity: FileIdentity {
+                path: PathBuf::from("/b/game.zip"),
+                size: 1,
+                mtime_ns: 1,
+                inode: 1,
+            },
+            label: "1.0".into(),
+            changelog: None,
+            publish: true,
+            enqueued_at: 1,
+            updated_at,
+            state,
+            attempts,
+            next_attempt_at: None,
+            last_error: None,
+        }
+    }
+
+    /// A finished record written twice (its attempt count cleared after the
+    /// last step) is one publish; a retried build's next end is news again.
+    #[test]
+    fn an_end_written_twice_is_told_once_and_a_retried_end_again() {
+        let observer = Observer::new();
+        observer.add_rules(["win"]);
+        let mut events = observer.subscribe();
+        let published = BuildState::Published {
+            version_id: 1,
+            published_at: 1,
+            warnings: Vec::new(),
+        };
+        observer.state_changed(&build(
+            BuildState::Publishing {
+                version_id: 1,
+                warnings: Vec::new(),
+            },
+            1,
+            1,
+        ));
+        observer.state_changed(&build(published.clone(), 1, 2));
+        observer.state_changed(&build(published.clone(), 0, 3));
+        let text = crate::metrics::render(&observer);
+        assert!(
+            text.contains("patchkit_autopublish_published_total{rule=\"win\"} 1\n"),
+            "{text}"
+        );
+        let mut told = 0;
+        while let Ok(event) = events.try_recv() {
+            told += usize::from(event.kind == EventKind::Published);
+        }
+        assert_eq!(told, 1);
+
+        let failed = |at| {
+            build(
+                BuildState::Failed {
+                    stage: crate::state::Stage::Publish,
+                    reason: "no".into(),
+                    attempts: 1,
+                    version_id: Some(1),
+                },
+                0,
+                at,
+            )
+        };
+        observer.state_changed(&failed(4));
+        observer.state_changed(&build(BuildState::VersionReady { version_id: 1 }, 0, 5));
+        observer.state_changed(&failed(6));
+        let text = crate::metrics::render(&observer);
+        assert!(
+            text.contains("patchkit_autopublish_failures_total{rule=\"win\"} 2\n"),
+            "{text}"
+        );
     }
 }
