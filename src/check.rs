@@ -237,6 +237,26 @@ pub async fn check_with(config: &Config, place: &KeyPlace) -> Report {
                 Err(err) => report.problem(format!("{who}: cannot list versions: {err}")),
             }
         }
+        if key_works && !rule.channels.is_empty() {
+            match client.list_apps().await {
+                Ok(apps) => {
+                    for name in &rule.channels {
+                        match crate::stages::channels::find_channel(
+                            &apps,
+                            &rule.app_secret,
+                            name,
+                            &rule.name,
+                        ) {
+                            Ok(secret) => report.ok(format!(
+                                "{who}: channel {name:?} is app {secret}, fed after each publish"
+                            )),
+                            Err(reason) => report.problem(format!("{who}: {reason}")),
+                        }
+                    }
+                }
+                Err(err) => report.problem(format!("{who}: cannot list the key's apps: {err}")),
+            }
+        }
         files_now(&mut report, &who, rule, &known, &claims);
     }
     report

@@ -201,3 +201,34 @@ mod config {
         );
     }
 }
+
+/// `check` looks each channel up before any build: a channel of the group
+/// is named with its secret, a name the group does not have is a problem
+/// naming the rule.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_looks_up_every_channel() {
+    let s = Setup::new(1)
+        .rule(
+            0,
+            &format!("channels = [\"{}\", \"gone\"]", channel("beta")),
+        )
+        .start()
+        .await;
+    s.sandbox()
+        .add_channel_app(KEY, &channel("beta"), &app(0), false);
+    let out = s.run_cli(&["check"]);
+    assert_ne!(out.code, Some(0), "{out:?}");
+    let text = format!("{}{}", out.stdout, out.stderr);
+    assert!(
+        text.contains(&format!(
+            "channel \"{}\" is app {}, fed after each publish",
+            channel("beta"),
+            channel("beta")
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains("no channel of app app-0 is named \"gone\"") && text.contains("rule-0"),
+        "{text}"
+    );
+}

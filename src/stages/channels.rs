@@ -185,10 +185,22 @@ async fn feed(
 /// apps are channels (no `is_channel` or `parent_group`) is trusted with a
 /// secret; the link then tells.
 async fn resolve(ctx: &StageCtx, build: &Build, name: &str) -> Result<String, StepError> {
-    let group = &build.app_secret;
     let apps = ctx.client.list_apps().await?;
+    find_channel(&apps, &build.app_secret, name, &ctx.rule_name)
+        .map_err(|reason| StepError::fail(Stage::Channels, reason))
+}
+
+/// Finds channel `name` of group app `group` among the key's `apps`: its
+/// secret, or why it is not one (naming `rule`). Used by the stage and by
+/// `check`.
+pub fn find_channel(
+    apps: &[crate::patchkit::App],
+    group: &str,
+    name: &str,
+    rule: &str,
+) -> Result<String, String> {
     let of_group = |a: &crate::patchkit::App| {
-        a.is_channel && a.parent_group.as_ref().is_some_and(|g| g.secret == *group)
+        a.is_channel && a.parent_group.as_ref().is_some_and(|g| g.secret == group)
     };
     if let Some(app) = apps.iter().find(|a| {
         of_group(a)
@@ -198,21 +210,14 @@ async fn resolve(ctx: &StageCtx, build: &Build, name: &str) -> Result<String, St
     }
     match apps.iter().find(|a| a.secret == name) {
         Some(app) if app.parent_group.is_none() && !app.is_channel => Ok(app.secret.clone()),
-        Some(app) => Err(StepError::fail(
-            Stage::Channels,
-            format!(
-                "app {} is not a channel of app {group}; list channels of the group app in \
-                 rule {:?} (their secrets or names)",
-                app.secret, ctx.rule_name
-            ),
+        Some(app) => Err(format!(
+            "app {} is not a channel of app {group}; list channels of the group app in rule \
+             {rule:?} (their secrets or names)",
+            app.secret
         )),
-        None => Err(StepError::fail(
-            Stage::Channels,
-            format!(
-                "no channel of app {group} is named {name:?} among the API key's apps; check \
-                 the channel's name or secret in the PatchKit panel and in rule {:?}",
-                ctx.rule_name
-            ),
+        None => Err(format!(
+            "no channel of app {group} is named {name:?} among the API key's apps; check the \
+             channel's name or secret in the PatchKit panel and in rule {rule:?}"
         )),
     }
 }

@@ -12,7 +12,7 @@
 //! Stages know the client, the store and the rule; they know nothing about
 //! workers, scheduling or the watcher.
 
-mod channels;
+pub mod channels;
 pub mod coordinate;
 mod create_version;
 pub mod draft;
