@@ -95,8 +95,9 @@ pub async fn retry_build(store: &Store, id: BuildId, force: bool) -> Result<Buil
     // build may go live while this one waits. `--force` is remembered for
     // that check.
     let mut record = store.coordination(id)?;
-    if record.force != force {
+    if record.force != force || !record.retried {
         record.force = force;
+        record.retried = true;
         store.set_coordination(id, &record).await?;
     }
     let build = store.transition(id, &build.state, next).await?;

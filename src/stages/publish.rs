@@ -38,11 +38,13 @@ pub(super) async fn run(ctx: &StageCtx, build: &Build) -> Result<Build, StepErro
     }
 }
 
-/// A build whose app already has a newer build live (one retried while a
-/// newer one ran) is not published over it unless `retry --force` said so:
-/// that would roll the app back.
+/// A retried build whose app already has a newer build live (it was
+/// retried while a newer one ran) is not published over it unless `retry
+/// --force` said so: that would roll the app back. A build taken for the
+/// first time goes out in the order the files were taken, as always.
 fn refuse_rollback(ctx: &StageCtx, build: &Build) -> Result<(), StepError> {
-    if ctx.store.coordination(build.id)?.force {
+    let record = ctx.store.coordination(build.id)?;
+    if !record.retried || record.force {
         return Ok(());
     }
     let Some(newer) = crate::control::newer_live(&ctx.store, build)? else {
@@ -51,7 +53,10 @@ fn refuse_rollback(ctx: &StageCtx, build: &Build) -> Result<(), StepError> {
     Err(StepError::fail(
         Stage::Publish,
         format!(
-            "build {} ({:?}) arrived after this one and is already live as version {} of app              {}: publishing this older build would make it the live one. The processed              version is left as a draft; run `patchkit-autopublish retry --force {}` to              publish it anyway",
+            "build {} ({:?}) arrived after this one and is already live as version {} of app \
+             {}: publishing this older build would make it the live one. The processed \
+             version is left as a draft; run `patchkit-autopublish retry --force {}` to \
+             publish it anyway",
             newer.id,
             newer.label,
             newer.state.version_id().unwrap_or_default(),

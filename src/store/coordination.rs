@@ -34,6 +34,10 @@ pub struct Coordination {
     /// live (`retry --force`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub force: bool,
+    /// An operator retried the build: its publish is checked against newer
+    /// live builds again.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub retried: bool,
 }
 
 fn one() -> u64 {
