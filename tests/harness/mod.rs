@@ -430,14 +430,7 @@ impl Scenario {
         if let Some(point) = crashpoint {
             cmd.env(patchkit_autopublish::crashpoint::ENV, point);
         }
-        let child = cmd
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        Daemon { child, log }
+        spawn_logged(cmd, log)
     }
 
     /// Runs `run --once` in a child to its end.
@@ -1169,18 +1162,10 @@ impl Peer {
     pub fn spawn(&self) -> Daemon {
         let n = self.runs.fetch_add(1, Ordering::SeqCst);
         let log = self.logs.join(format!("daemon-{n}.log"));
-        let child = Command::new(env!("CARGO_BIN_EXE_patchkit-autopublish"))
-            .arg("run")
-            .arg("--config")
-            .arg(&self.config)
-            .env_remove(patchkit_autopublish::crashpoint::ENV)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        Daemon { child, log }
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_patchkit-autopublish"));
+        cmd.arg("run").arg("--config").arg(&self.config);
+        cmd.env_remove(patchkit_autopublish::crashpoint::ENV);
+        spawn_logged(cmd, log)
     }
 
     /// Drops a ZIP labelled `label` into this peer's folder.
@@ -1205,4 +1190,16 @@ impl Peer {
         assert_eq!(out.status.code(), Some(0), "status: {out:?}");
         serde_json::from_slice(&out.stdout).unwrap()
     }
+}
+
+/// Starts `cmd` as a daemon at `info` level, its stderr into `log`.
+fn spawn_logged(mut cmd: Command, log: PathBuf) -> Daemon {
+    let child = cmd
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    Daemon { child, log }
 }
