@@ -218,6 +218,11 @@ pub struct BuildRow {
     /// Each channel the rule feeds, and where it is.
     #[serde(default)]
     pub channels: Vec<ChannelRow>,
+    /// The worker running the build now: `ahead` (validating or uploading
+    /// before its turn on the app) or `turn` (from the draft on); `None`
+    /// while it waits.
+    #[serde(default)]
+    pub worker: Option<String>,
 }
 
 /// One channel of a build, as `status` shows it.
@@ -300,6 +305,9 @@ impl BuildRow {
             waiting: None,
             waiting_seconds: None,
             channels: Vec::new(),
+            worker: observer
+                .and_then(|o| o.lane(build.id))
+                .map(|lane| lane.as_str().to_owned()),
         }
     }
 

@@ -28,7 +28,7 @@ use crate::global_lock::GlobalLock;
 use crate::intake;
 use crate::observe::Observer;
 use crate::patchkit::{ApiKey, BuildError, Client, RetryPolicy};
-use crate::scheduler::{Action, Exit, Input, ReplyId, Scheduler, Waiting, WorkerEnded};
+use crate::scheduler::{Action, Exit, Input, Lane, ReplyId, Scheduler, Waiting, WorkerEnded};
 use crate::stages::StageCtx;
 use crate::state::{Arrival, BuildState};
 use crate::store::{Build, BuildId, Enqueued, Store, StoreError};
@@ -393,6 +393,7 @@ impl Daemon {
                 seen_at: build.enqueued_at,
             }),
             holds_app: build.state.holds_app(),
+            before_turn: build.state.before_turn(),
             not_before: build.next_attempt_at,
         }
     }
@@ -401,7 +402,8 @@ impl Daemon {
     async fn carry_out(&mut self, actions: Vec<Action>) {
         for action in actions {
             match action {
-                Action::Start(id) => self.start(id).await,
+                Action::Start(id) => self.start(id, Lane::Turn).await,
+                Action::StartAhead(id) => self.start(id, Lane::Ahead).await,
                 Action::Stop(id) => {
                     if let Some(stop) = self.workers.get(&id) {
                         stop.cancel();
@@ -417,7 +419,7 @@ impl Daemon {
         }
     }
 
-    async fn start(&mut self, id: BuildId) {
+    async fn start(&mut self, id: BuildId, lane: Lane) {
         // The freshest record: the store's.
         let build = match self.store.get(id) {
             Ok(Some(build)) => build,
@@ -461,6 +463,11 @@ impl Daemon {
             .is_ok_and(|c| c.waiting.is_some());
         if waiting {
             tracing::debug!(build = %id, "asking again for what the build waits for");
+        } else if lane == Lane::Turn && build.state.version_id().is_none() && build.attempts == 0 {
+            tracing::info!(
+                build = %id, rule = %build.rule, label = %build.label,
+                state = %build.state.name(), "the build's turn on its app: draft, processing, publishing"
+            );
         } else {
             tracing::info!(
                 build = %id, rule = %build.rule, label = %build.label,
@@ -469,7 +476,7 @@ impl Daemon {
         }
         self.workers.insert(id, cancel);
         self.tracker.spawn(async move {
-            let end = drive(ctx, build, retry, key_retry).await;
+            let end = drive(ctx, build, lane, retry, key_retry).await;
             let _ = done.send((id, end));
         });
     }
@@ -497,7 +504,9 @@ impl Daemon {
                 }
                 WorkerEnded::Finished
             }
-            WorkerEnd::Retry(build) => WorkerEnded::Again(self.waiting(&build)),
+            WorkerEnd::Retry(build) | WorkerEnd::LaneDone(build) => {
+                WorkerEnded::Again(self.waiting(&build))
+            }
             WorkerEnd::KeyRefused(build) => WorkerEnded::KeyRefused(self.waiting(&build)),
             WorkerEnd::Stopped(_) => match self.store.get(id) {
                 Ok(Some(build)) if !build.state.is_terminal() => {

@@ -521,6 +521,27 @@ fn print_table(rows: &[BuildRow]) {
     for row in &table {
         line(row);
     }
+    // Uploads run ahead of their build's turn on the app, bounded by
+    // `workers`: how many are in flight, and how many builds wait with
+    // their upload done.
+    let in_flight = rows
+        .iter()
+        .filter(|r| r.state == "uploading" && r.worker.is_some())
+        .count();
+    let ahead = rows
+        .iter()
+        .filter(|r| r.state == "uploading" && r.worker.as_deref() == Some("ahead"))
+        .count();
+    let awaiting_turn = rows
+        .iter()
+        .filter(|r| r.state == "uploaded" && r.version_id.is_none() && r.worker.is_none())
+        .count();
+    if in_flight + awaiting_turn > 0 {
+        println!(
+            "\nuploads in flight: {in_flight} ({ahead} ahead of their build's turn); uploaded and \
+             waiting for their turn: {awaiting_turn}"
+        );
+    }
 }
 
 /// A token cancelled by the first SIGTERM or SIGINT; a second one exits at

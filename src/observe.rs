@@ -24,6 +24,7 @@ use tokio::sync::broadcast;
 use crate::clock::now_ms;
 use crate::metrics::{Metrics, Present};
 use crate::patchkit::{RequestRetry, RetryWatch};
+use crate::scheduler::Lane;
 use crate::state::{BuildState, Stage};
 use crate::store::{Build, BuildId};
 
@@ -141,6 +142,8 @@ struct Inner {
     /// When each running build entered the stage it is in, for
     /// `stage_duration_seconds`: only stages this process saw begin.
     clocks: Mutex<HashMap<BuildId, (Stage, Instant)>>,
+    /// The builds a worker runs now, and in which lane.
+    workers: Mutex<HashMap<BuildId, Lane>>,
     metrics: Metrics,
     events: broadcast::Sender<BuildEvent>,
     /// Woken when what the STATUS line shows moved (a new state, a request
@@ -169,6 +172,7 @@ impl Observer {
                 finished: Mutex::new(HashMap::new()),
                 live: Mutex::new(HashMap::new()),
                 clocks: Mutex::new(HashMap::new()),
+                workers: Mutex::new(HashMap::new()),
                 metrics: Metrics::new(),
                 events,
                 moved: Arc::new(tokio::sync::Notify::new()),
@@ -362,13 +366,44 @@ impl Observer {
     /// begins here, not when the file was taken; every other stage began at
     /// the state change this process saw (a stage resumed after a restart
     /// began before it, so it is not timed).
-    pub fn worker_started(&self, build: &Build) {
-        if build.state == BuildState::Queued {
-            let mut clocks = self.inner.clocks.lock().expect("observer lock");
-            clocks
-                .entry(build.id)
-                .or_insert_with(|| (Stage::Validate, Instant::now()));
-        }
+    pub fn worker_started(&self, build: &Build, lane: Lane) {
+        self.inner
+            .workers
+            .lock()
+            .expect("observer lock")
+            .insert(build.id, lane);
+        // Waiting to be taken, or for the turn after the upload, is not
+        // part of a stage: those clocks start with the worker.
+        let stage = match build.state {
+            BuildState::Queued => Stage::Validate,
+            BuildState::Uploaded {
+                version_id: None, ..
+            } => Stage::CreateVersion,
+            _ => return,
+        };
+        let mut clocks = self.inner.clocks.lock().expect("observer lock");
+        clocks
+            .entry(build.id)
+            .or_insert_with(|| (stage, Instant::now()));
+    }
+
+    /// The build's worker ended.
+    pub fn worker_ended(&self, id: BuildId) {
+        self.inner
+            .workers
+            .lock()
+            .expect("observer lock")
+            .remove(&id);
+    }
+
+    /// The lane the build's worker runs in, while one runs it.
+    pub fn lane(&self, id: BuildId) -> Option<Lane> {
+        self.inner
+            .workers
+            .lock()
+            .expect("observer lock")
+            .get(&id)
+            .copied()
     }
 
     /// Ends the clock of the stage the build left, when it moved forward
@@ -384,12 +419,19 @@ impl Observer {
                 clocks.remove(&build.id);
                 None
             }
-            // Waiting for its turn is not validation: the clock starts
+            // Waiting to be taken is not validation: the clock starts
             // with the worker.
             BuildState::Queued => {
                 clocks.remove(&build.id);
                 None
             }
+            // The upload is done; waiting for the turn is not the draft's
+            // time: that clock starts with the turn's worker.
+            BuildState::Uploaded {
+                version_id: None, ..
+            } => clocks
+                .remove(&build.id)
+                .filter(|(stage, _)| *stage == Stage::Upload),
             state => {
                 let next = state.stage();
                 match clocks.get(&build.id).copied() {

@@ -7,16 +7,24 @@
 //! No I/O, no clock, no tasks: every rule below is unit-tested here.
 //!
 //! The rules:
-//! - **One build per app at a time, in arrival order.** A build's place is
-//!   its file's [`Arrival`] (modification time, then first sight), not the
+//! - **Two lanes per app.** A build's work before its turn (validation and
+//!   an upload without a version, [`Lane::Ahead`]) and its turn (the draft,
+//!   processing, publishing, channels, [`Lane::Turn`]) are run separately,
+//!   each lane one build per app at a time, so the app's next build uploads
+//!   while the one before it processes and publishes.
+//! - **Arrival order per app, in both lanes.** A build's place is its
+//!   file's [`Arrival`] (modification time, then first sight), not the
 //!   moment it settled. A build that already holds its app on PatchKit (it
-//!   has a version or an upload) goes first; otherwise the oldest build of
-//!   the app does, and it waits while an older file of the same app is
-//!   still settling in the watcher.
-//! - **A build waiting for a retry time keeps its app's turn**: the builds
-//!   behind it wait too, so a retry never lets a newer build overtake.
-//! - **At most `workers` builds run at once**, across apps, oldest app
-//!   first.
+//!   has a version) goes first; otherwise the oldest build of the app does.
+//!   Only the app's first build takes its turn, once its upload is done,
+//!   and it waits while an older file of the same app is still settling in
+//!   the watcher. Uploads go in the same order: the first build of the app
+//!   that still has work before its turn.
+//! - **A build waiting for a retry time keeps its place** in its lane: the
+//!   builds behind it wait too, so a retry never lets a newer build
+//!   overtake.
+//! - **At most `workers` builds take their turn at once, and at most
+//!   `workers` upload ahead of theirs**, across apps, oldest app first.
 //! - **A refused key pauses every start** until the pause ends; then the
 //!   key is read again. With `once`, a refused key ends the run once no
 //!   worker is left.
@@ -26,7 +34,7 @@
 //! Knows build ids, app secrets and arrivals; nothing about the store,
 //! PatchKit, files or tasks.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 
 use crate::state::Arrival;
@@ -46,9 +54,12 @@ pub struct Waiting {
     pub app: String,
     /// Its place in the app's queue.
     pub arrival: Arrival,
-    /// It already has a version or an upload on PatchKit, so it holds the
-    /// app until it ends.
+    /// It already has a version on PatchKit, so it holds the app until it
+    /// ends.
     pub holds_app: bool,
+    /// Its next step is one it takes before its turn (validation, the
+    /// upload): it runs in [`Lane::Ahead`].
+    pub before_turn: bool,
     /// Not before this time (Unix ms): a retry time.
     pub not_before: Option<u64>,
 }
@@ -61,12 +72,32 @@ impl Waiting {
     }
 }
 
+/// Which part of a build a worker runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lane {
+    /// Validation and the upload, before the build's turn on its app.
+    Ahead,
+    /// From the draft until the build is live (or fails).
+    Turn,
+}
+
+impl Lane {
+    /// The lane's name in `status`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Lane::Ahead => "ahead",
+            Lane::Turn => "turn",
+        }
+    }
+}
+
 /// How a worker ended, as far as scheduling cares.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WorkerEnded {
     /// The build is finished (published, draft, failed, cancelled).
     Finished,
-    /// The build waits and runs again (a retry time, a stop at shutdown).
+    /// The build waits and runs again (a retry time, a stop at shutdown,
+    /// the end of its lane's part).
     Again(Waiting),
     /// PatchKit refused the API key: the build waits, every start pauses.
     KeyRefused(Waiting),
@@ -104,8 +135,11 @@ pub enum Input {
 /// What the shell must do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
-    /// Start a worker for the build.
+    /// Start a worker for the build's turn ([`Lane::Turn`]).
     Start(BuildId),
+    /// Start a worker for the build's work before its turn
+    /// ([`Lane::Ahead`]): it ends when the upload is done.
+    StartAhead(BuildId),
     /// Ask the build's worker to stop at its next safe point.
     Stop(BuildId),
     /// Cancel the build in the store (it is not running) and answer these
@@ -131,7 +165,9 @@ pub enum Exit {
 /// A running build.
 #[derive(Debug)]
 struct Running {
-    app: String,
+    /// The build as it was when it started.
+    info: Waiting,
+    lane: Lane,
     /// Cancel requests waiting for the worker to stop.
     cancels: Vec<ReplyId>,
     /// The build became runnable again before its worker's end was
@@ -194,6 +230,11 @@ impl Scheduler {
         self.running.len()
     }
 
+    /// The lane the build runs in, when it runs.
+    pub fn lane(&self, id: BuildId) -> Option<Lane> {
+        self.running.get(&id).map(|r| r.lane)
+    }
+
     /// Whether starts are paused for the key.
     pub fn key_paused(&self) -> bool {
         self.key_paused_until.is_some()
@@ -219,7 +260,10 @@ impl Scheduler {
         if let Some(until) = self.key_paused_until {
             return Some(until);
         }
-        self.heads().filter_map(|w| w.not_before).min()
+        self.candidates()
+            .into_iter()
+            .filter_map(|(w, _)| w.not_before)
+            .min()
     }
 
     fn apply(&mut self, now: u64, input: Input, actions: &mut Vec<Action>) {
@@ -294,16 +338,40 @@ impl Scheduler {
         }
     }
 
-    /// Each app's first build in queue order.
-    fn heads(&self) -> impl Iterator<Item = &Waiting> {
-        let mut heads: BTreeMap<&str, &Waiting> = BTreeMap::new();
+    /// The builds that may start once their retry time has come and a
+    /// worker is free, with their lane: per app, the first build in queue
+    /// order takes its turn when its upload is done, and the first build
+    /// with work before its turn does that work, each lane while the app
+    /// has no worker in it.
+    fn candidates(&self) -> Vec<(&Waiting, Lane)> {
+        // Every build of each app, waiting or running, in queue order.
+        let mut apps: BTreeMap<&str, Vec<(&Waiting, Option<Lane>)>> = BTreeMap::new();
         for w in self.waiting.values() {
-            let head = heads.entry(&w.app).or_insert(w);
-            if w.order() < head.order() {
-                *head = w;
+            apps.entry(&w.app).or_default().push((w, None));
+        }
+        for r in self.running.values() {
+            apps.entry(&r.info.app)
+                .or_default()
+                .push((&r.info, Some(r.lane)));
+        }
+        let mut found = Vec::new();
+        for queue in apps.values_mut() {
+            queue.sort_by_key(|(w, _)| w.order());
+            let busy = |lane| queue.iter().any(|(_, l)| *l == Some(lane));
+            if let Some(&(head, None)) = queue.first()
+                && !head.before_turn
+                && !busy(Lane::Turn)
+                && !self.older_settling(head)
+            {
+                found.push((head, Lane::Turn));
+            }
+            if !busy(Lane::Ahead)
+                && let Some(&(next, None)) = queue.iter().find(|(w, _)| w.before_turn)
+            {
+                found.push((next, Lane::Ahead));
             }
         }
-        heads.into_values()
+        found
     }
 
     /// Whether an older file of the build's app is still settling.
@@ -335,32 +403,42 @@ impl Scheduler {
             self.key_paused_until = None;
             actions.push(Action::ReadKeyAgain);
         }
-        let busy: BTreeSet<&str> = self.running.values().map(|r| r.app.as_str()).collect();
-        let mut ready: Vec<&Waiting> = self
-            .heads()
-            .filter(|w| !busy.contains(w.app.as_str()))
-            .filter(|w| w.not_before.is_none_or(|at| at <= now))
-            .filter(|w| !self.older_settling(w))
+        let mut ready: Vec<(&Waiting, Lane)> = self
+            .candidates()
+            .into_iter()
+            .filter(|(w, _)| w.not_before.is_none_or(|at| at <= now))
             .collect();
         // Across apps, the oldest build goes first when workers are short.
-        ready.sort_by_key(|w| w.order());
-        let free = self.workers.saturating_sub(self.running.len());
-        let start: Vec<(BuildId, String)> = ready
-            .into_iter()
-            .take(free)
-            .map(|w| (w.id, w.app.clone()))
-            .collect();
-        for (id, app) in start {
-            self.waiting.remove(&id);
+        ready.sort_by_key(|(w, _)| w.order());
+        let mut free = [Lane::Turn, Lane::Ahead].map(|lane| {
+            let running = self.running.values().filter(|r| r.lane == lane).count();
+            self.workers.saturating_sub(running)
+        });
+        let mut start = Vec::new();
+        for (w, lane) in ready {
+            let free = &mut free[usize::from(lane == Lane::Ahead)];
+            if *free > 0 {
+                *free -= 1;
+                start.push((w.id, lane));
+            }
+        }
+        for (id, lane) in start {
+            let Some(info) = self.waiting.remove(&id) else {
+                continue;
+            };
             self.running.insert(
                 id,
                 Running {
-                    app,
+                    info,
+                    lane,
                     cancels: Vec::new(),
                     then: None,
                 },
             );
-            actions.push(Action::Start(id));
+            actions.push(match lane {
+                Lane::Turn => Action::Start(id),
+                Lane::Ahead => Action::StartAhead(id),
+            });
         }
         if self.once && self.drained && self.waiting.is_empty() && self.running.is_empty() {
             self.exit(Exit::Drained, actions);
@@ -390,6 +468,7 @@ mod tests {
             app: app.into(),
             arrival: arrival(t),
             holds_app: false,
+            before_turn: false,
             not_before: None,
         }
     }
@@ -406,6 +485,160 @@ mod tests {
 
     fn file(name: &str) -> SettlingFile {
         ("rule".into(), PathBuf::from(name))
+    }
+
+    /// A build with its validation and upload still to do.
+    fn fresh(id: u64, app: &str, t: i128) -> Waiting {
+        Waiting {
+            before_turn: true,
+            ..build(id, app, t)
+        }
+    }
+
+    fn ahead(actions: &[Action]) -> Vec<u64> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::StartAhead(id) => Some(id.0),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The worker of a build running ahead ended with its upload done.
+    fn upload_done(id: u64, app: &str, t: i128) -> Input {
+        Input::WorkerEnded(BuildId(id), WorkerEnded::Again(build(id, app, t)))
+    }
+
+    #[test]
+    fn the_next_build_uploads_while_the_one_before_takes_its_turn() {
+        let mut s = Scheduler::new(2, false, 1000);
+        let a = s.handle(
+            0,
+            [
+                Input::Waiting(fresh(2, "a", 20)),
+                Input::Waiting(fresh(1, "a", 10)),
+                Input::Waiting(fresh(3, "a", 30)),
+            ],
+        );
+        // One upload per app, oldest first; nobody's turn yet.
+        assert_eq!((starts(&a), ahead(&a)), (vec![], vec![1]));
+        assert_eq!(s.lane(BuildId(1)), Some(Lane::Ahead));
+        let a = s.handle(1, [upload_done(1, "a", 10)]);
+        assert_eq!((starts(&a), ahead(&a)), (vec![1], vec![2]));
+        // Build 2's upload is done first: it waits for build 1, and build 3
+        // uploads.
+        let a = s.handle(2, [upload_done(2, "a", 20)]);
+        assert_eq!((starts(&a), ahead(&a)), (vec![], vec![3]));
+        let a = s.handle(3, [Input::WorkerEnded(BuildId(1), WorkerEnded::Finished)]);
+        assert_eq!((starts(&a), ahead(&a)), (vec![2], vec![]));
+        let a = s.handle(4, [Input::WorkerEnded(BuildId(2), WorkerEnded::Finished)]);
+        assert!(a.is_empty(), "build 3 still uploads: {a:?}");
+        let a = s.handle(5, [upload_done(3, "a", 30)]);
+        assert_eq!((starts(&a), ahead(&a)), (vec![3], vec![]));
+    }
+
+    #[test]
+    fn the_first_build_still_uploading_holds_the_turn_of_newer_uploaded_ones() {
+        let mut s = Scheduler::new(2, false, 1000);
+        // Build 2 is uploaded (a restart), build 1 is older and still has
+        // its upload to do: build 2 must not take the turn first.
+        let a = s.handle(
+            0,
+            [
+                Input::Waiting(build(2, "a", 20)),
+                Input::Waiting(fresh(1, "a", 10)),
+            ],
+        );
+        assert_eq!((starts(&a), ahead(&a)), (vec![], vec![1]));
+        let a = s.handle(1, [upload_done(1, "a", 10)]);
+        assert_eq!((starts(&a), ahead(&a)), (vec![1], vec![]));
+    }
+
+    #[test]
+    fn each_lane_has_its_own_worker_limit_oldest_app_first() {
+        let mut s = Scheduler::new(1, false, 1000);
+        let a = s.handle(
+            0,
+            [
+                Input::Waiting(build(1, "a", 10)),
+                Input::Waiting(fresh(2, "a", 20)),
+                Input::Waiting(fresh(3, "b", 15)),
+                Input::Waiting(build(4, "c", 5)),
+            ],
+        );
+        assert_eq!((starts(&a), ahead(&a)), (vec![4], vec![3]));
+        let a = s.handle(1, [Input::WorkerEnded(BuildId(3), WorkerEnded::Finished)]);
+        assert_eq!((starts(&a), ahead(&a)), (vec![], vec![2]));
+        let a = s.handle(2, [Input::WorkerEnded(BuildId(4), WorkerEnded::Finished)]);
+        assert_eq!((starts(&a), ahead(&a)), (vec![1], vec![]));
+    }
+
+    #[test]
+    fn uploads_go_ahead_while_an_older_file_settles_or_the_head_waits_to_retry() {
+        let mut s = Scheduler::new(2, false, 1000);
+        let a = s.handle(
+            0,
+            [
+                Input::Settling {
+                    file: file("000.zip"),
+                    app: "a".into(),
+                    arrival: arrival(5),
+                },
+                Input::Waiting(build(1, "a", 10)),
+                Input::Waiting(fresh(2, "a", 20)),
+            ],
+        );
+        assert_eq!((starts(&a), ahead(&a)), (vec![], vec![2]));
+        let mut later = build(1, "a", 10);
+        later.not_before = Some(500);
+        let a = s.handle(
+            1,
+            [
+                Input::Settled(file("000.zip")),
+                Input::Waiting(later),
+                upload_done(2, "a", 20),
+            ],
+        );
+        assert!(a.is_empty(), "build 1 keeps its turn: {a:?}");
+        assert_eq!(s.next_wake(), Some(500));
+        let a = s.handle(500, []);
+        assert_eq!(starts(&a), vec![1]);
+    }
+
+    #[test]
+    fn a_build_cancelled_while_uploading_ahead_is_stopped_then_cancelled() {
+        let mut s = Scheduler::new(2, false, 1000);
+        s.handle(
+            0,
+            [
+                Input::Waiting(build(1, "a", 10)),
+                Input::Waiting(fresh(2, "a", 20)),
+            ],
+        );
+        let a = s.handle(
+            1,
+            [Input::Cancel {
+                id: BuildId(2),
+                reply: 7,
+            }],
+        );
+        assert_eq!(a, vec![Action::Stop(BuildId(2))]);
+        let a = s.handle(
+            2,
+            [Input::WorkerEnded(
+                BuildId(2),
+                WorkerEnded::Again(fresh(2, "a", 20)),
+            )],
+        );
+        assert_eq!(
+            a,
+            vec![Action::Cancel {
+                id: BuildId(2),
+                replies: vec![7]
+            }]
+        );
+        assert_eq!(s.running_count(), 1);
     }
 
     #[test]

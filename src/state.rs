@@ -23,16 +23,18 @@ use std::fmt;
 use std::fs::Metadata;
 use std::path::PathBuf;
 
-/// A step of the PatchKit pipeline, in API order. Used to say where a build
-/// failed or was cancelled, and which step a state belongs to.
+/// A step of the pipeline, in the order a build takes them. Used to say
+/// where a build failed or was cancelled, and which step a state belongs
+/// to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Stage {
     /// Checking that the file is a ZIP PatchKit accepts.
     Validate,
-    /// Creating (or adopting) the draft version.
-    CreateVersion,
-    /// Sending the ZIP in chunks.
+    /// Sending the ZIP in chunks (before the draft exists, or again into
+    /// an existing draft's new upload).
     Upload,
+    /// Creating (or adopting) the draft version, at the build's turn.
+    CreateVersion,
     /// Asking PatchKit to process the upload and waiting for its job.
     Process,
     /// Reading the version's processing messages after the job.
@@ -47,8 +49,8 @@ impl Stage {
     /// Every stage, in pipeline order.
     pub const ALL: [Stage; 7] = [
         Stage::Validate,
-        Stage::CreateVersion,
         Stage::Upload,
+        Stage::CreateVersion,
         Stage::Process,
         Stage::Check,
         Stage::Publish,
@@ -208,6 +210,9 @@ pub enum BuildState {
         /// (0 for none). PatchKit numbers versions per app in order, so a
         /// draft created by the request has a higher id.
         after_id: u64,
+        /// The complete upload the draft gets, when the build uploaded
+        /// before its turn.
+        upload_id: Option<u64>,
     },
     /// A draft version exists for this build; no upload has started.
     VersionReady {
@@ -216,8 +221,9 @@ pub enum BuildState {
     },
     /// Chunks are being sent.
     Uploading {
-        /// The PatchKit version id.
-        version_id: u64,
+        /// The PatchKit version id; `None` for an upload made before the
+        /// build's turn, which gets its draft afterwards.
+        version_id: Option<u64>,
         /// The PatchKit upload id.
         upload_id: u64,
         /// Bytes PatchKit has acknowledged, from the start of the file. Always
@@ -234,8 +240,9 @@ pub enum BuildState {
     },
     /// Every byte is acknowledged; processing has not been requested.
     Uploaded {
-        /// The PatchKit version id.
-        version_id: u64,
+        /// The PatchKit version id; `None` until the build's turn gives it
+        /// a draft.
+        version_id: Option<u64>,
         /// The complete upload to attach to the version.
         upload_id: u64,
     },
@@ -421,7 +428,30 @@ impl BuildState {
     /// upload), so its app's next build must wait for it whatever arrived
     /// earlier.
     pub fn holds_app(&self) -> bool {
-        !matches!(self, BuildState::Queued | BuildState::Validated) && !self.is_terminal()
+        !self.before_turn()
+            && !matches!(
+                self,
+                BuildState::Uploaded {
+                    version_id: None,
+                    ..
+                }
+            )
+            && !self.is_terminal()
+    }
+
+    /// Whether the build's next step is one it may take before its turn on
+    /// the app: validation and an upload without a version. Everything
+    /// from the draft on waits for the app's builds before it.
+    pub fn before_turn(&self) -> bool {
+        matches!(
+            self,
+            BuildState::Queued
+                | BuildState::Validated
+                | BuildState::Uploading {
+                    version_id: None,
+                    ..
+                }
+        )
     }
 
     /// Whether the daemon has nothing more to do with this build. Only
@@ -444,8 +474,13 @@ impl BuildState {
     pub fn stage(&self) -> Stage {
         match self {
             BuildState::Queued => Stage::Validate,
-            BuildState::Validated | BuildState::CreatingVersion { .. } => Stage::CreateVersion,
-            BuildState::VersionReady { .. } | BuildState::Uploading { .. } => Stage::Upload,
+            BuildState::Validated
+            | BuildState::VersionReady { .. }
+            | BuildState::Uploading { .. } => Stage::Upload,
+            BuildState::CreatingVersion { .. }
+            | BuildState::Uploaded {
+                version_id: None, ..
+            } => Stage::CreateVersion,
             BuildState::Uploaded { .. } | BuildState::Processing { .. } => Stage::Process,
             BuildState::Processed { .. } => Stage::Publish,
             BuildState::Linking { .. } => Stage::Channels,
@@ -461,9 +496,10 @@ impl BuildState {
     pub fn version_id(&self) -> Option<u64> {
         match self {
             BuildState::Queued | BuildState::Validated | BuildState::CreatingVersion { .. } => None,
+            BuildState::Uploading { version_id, .. } | BuildState::Uploaded { version_id, .. } => {
+                *version_id
+            }
             BuildState::VersionReady { version_id }
-            | BuildState::Uploading { version_id, .. }
-            | BuildState::Uploaded { version_id, .. }
             | BuildState::Processing { version_id, .. }
             | BuildState::Processed { version_id, .. }
             | BuildState::Publishing { version_id, .. }
@@ -492,30 +528,57 @@ impl BuildState {
         }
     }
 
-    /// `Validated -> CreatingVersion`: the intent to create a draft,
-    /// recorded before the request. `after_id` is the app's highest version
-    /// id as listed just before.
+    /// `Validated | Uploaded { version_id: None } -> CreatingVersion`: the
+    /// intent to create a draft, recorded before the request, with the
+    /// upload it is for. `after_id` is the app's highest version id as
+    /// listed just before.
     pub fn creating_version(&self, after_id: u64) -> Next {
         match self {
-            BuildState::Validated => Ok(BuildState::CreatingVersion { after_id }),
+            BuildState::Validated => Ok(BuildState::CreatingVersion {
+                after_id,
+                upload_id: None,
+            }),
+            BuildState::Uploaded {
+                version_id: None,
+                upload_id,
+            } => Ok(BuildState::CreatingVersion {
+                after_id,
+                upload_id: Some(*upload_id),
+            }),
             _ => Err(self.illegal("record the intent to create a version")),
         }
     }
 
-    /// `Validated | CreatingVersion -> VersionReady`: a draft version was
-    /// created, adopted or taken over.
+    /// A draft version was created, adopted or taken over: `Validated |
+    /// CreatingVersion -> VersionReady`, or, for a build that uploaded
+    /// before its turn, `Uploaded { None } | CreatingVersion { upload } ->
+    /// Uploaded { version }`, ready for `content_file`.
     pub fn version_ready(&self, version_id: u64) -> Next {
         match self {
-            BuildState::Validated | BuildState::CreatingVersion { .. } => {
-                Ok(BuildState::VersionReady { version_id })
+            BuildState::Validated
+            | BuildState::CreatingVersion {
+                upload_id: None, ..
+            } => Ok(BuildState::VersionReady { version_id }),
+            BuildState::CreatingVersion {
+                upload_id: Some(upload_id),
+                ..
             }
+            | BuildState::Uploaded {
+                version_id: None,
+                upload_id,
+            } => Ok(BuildState::Uploaded {
+                version_id: Some(version_id),
+                upload_id: *upload_id,
+            }),
             _ => Err(self.illegal("record a version")),
         }
     }
 
-    /// `VersionReady -> Uploading`, or `Uploading -> Uploading` with a new
-    /// upload (the previous one cannot be resumed, e.g. the file changed).
-    /// The version is kept; `total` must equal the identity's size.
+    /// `Validated -> Uploading { version_id: None }` (an upload before the
+    /// draft), `VersionReady -> Uploading`, or `Uploading -> Uploading` with
+    /// a new upload (the previous one cannot be resumed, e.g. the file
+    /// changed). The version, or its absence, is kept; `total` must equal
+    /// the identity's size.
     pub fn upload_started(
         &self,
         upload_id: u64,
@@ -524,9 +587,9 @@ impl BuildState {
         identity: FileIdentity,
     ) -> Next {
         let version_id = match self {
-            BuildState::VersionReady { version_id } | BuildState::Uploading { version_id, .. } => {
-                *version_id
-            }
+            BuildState::Validated => None,
+            BuildState::VersionReady { version_id } => Some(*version_id),
+            BuildState::Uploading { version_id, .. } => *version_id,
             _ => return Err(self.illegal("start an upload")),
         };
         if total == 0 || chunk_size == 0 || total != identity.size {
@@ -609,8 +672,8 @@ impl BuildState {
         }
     }
 
-    /// `Uploaded -> Processing { job_guid: None }`: about to send
-    /// `content_file`. `prior_started_at` is the version's
+    /// `Uploaded { version } -> Processing { job_guid: None }`: about to
+    /// send `content_file`. `prior_started_at` is the version's
     /// `processing_started_at` as read just before.
     pub fn processing_requested(
         &self,
@@ -619,7 +682,7 @@ impl BuildState {
     ) -> Next {
         match self {
             BuildState::Uploaded {
-                version_id,
+                version_id: Some(version_id),
                 upload_id,
             } => Ok(BuildState::Processing {
                 version_id: *version_id,
@@ -640,8 +703,14 @@ impl BuildState {
     pub fn version_lost(&self) -> Next {
         match self {
             BuildState::VersionReady { .. }
-            | BuildState::Uploading { .. }
-            | BuildState::Uploaded { .. }
+            | BuildState::Uploading {
+                version_id: Some(_),
+                ..
+            }
+            | BuildState::Uploaded {
+                version_id: Some(_),
+                ..
+            }
             | BuildState::Processing { .. }
             | BuildState::Processed { .. }
             | BuildState::Publishing { .. } => Ok(BuildState::Validated),
@@ -654,11 +723,13 @@ impl BuildState {
     /// upload), so the version gets a fresh upload.
     pub fn upload_lost(&self) -> Next {
         match self {
-            BuildState::Uploaded { version_id, .. } | BuildState::Processing { version_id, .. } => {
-                Ok(BuildState::VersionReady {
-                    version_id: *version_id,
-                })
+            BuildState::Uploaded {
+                version_id: Some(version_id),
+                ..
             }
+            | BuildState::Processing { version_id, .. } => Ok(BuildState::VersionReady {
+                version_id: *version_id,
+            }),
             _ => Err(self.illegal("upload again")),
         }
     }
@@ -819,8 +890,7 @@ impl BuildState {
     /// goes back to `VersionReady`, so the version is reused, not created
     /// again (PatchKit allows one draft per app). Without one, a build that
     /// failed validation is validated again (`Queued`); any other goes to
-    /// `Validated`, where create-version looks for a draft with its label
-    /// first.
+    /// `Validated`: it uploads again, then looks for its draft at its turn.
     pub fn retry(&self) -> Next {
         match self {
             // The group version is live: only the channels are fed again.
@@ -878,12 +948,29 @@ impl fmt::Display for BuildState {
             } => {
                 let percent =
                     (u128::from(*acknowledged) * 100 / u128::from((*total).max(1))) as u64;
-                write!(
-                    f,
-                    "uploading v{version_id} {percent}% ({acknowledged}/{total} bytes)"
-                )
+                match version_id {
+                    Some(v) => write!(
+                        f,
+                        "uploading v{v} {percent}% ({acknowledged}/{total} bytes)"
+                    ),
+                    None => write!(
+                        f,
+                        "uploading {percent}% ({acknowledged}/{total} bytes; the draft comes at \
+                         its turn)"
+                    ),
+                }
             }
-            BuildState::Uploaded { version_id, .. }
+            BuildState::Uploaded {
+                version_id: None,
+                upload_id,
+            } => write!(
+                f,
+                "uploaded (upload {upload_id}); the draft comes at its turn"
+            ),
+            BuildState::Uploaded {
+                version_id: Some(version_id),
+                ..
+            }
             | BuildState::Processed { version_id, .. }
             | BuildState::Publishing { version_id, .. }
             | BuildState::Draft { version_id, .. } => write!(f, "{} v{version_id}", self.name()),
@@ -940,6 +1027,54 @@ mod tests {
     }
 
     #[test]
+    fn upload_first_then_the_draft_at_its_turn() {
+        let s = BuildState::Queued.validated().unwrap();
+        assert!(s.before_turn() && !s.holds_app());
+        let s = s.upload_started(3, 25, 10, identity(25)).unwrap();
+        assert!(s.before_turn() && !s.holds_app());
+        assert_eq!(s.version_id(), None);
+        let s = s.chunk_acknowledged(20).unwrap();
+        let s = s.chunk_acknowledged(25).unwrap().uploaded().unwrap();
+        // Done uploading: the rest waits for its turn, and holds nothing yet.
+        assert!(!s.before_turn() && !s.holds_app());
+        assert_eq!(s.stage(), Stage::CreateVersion);
+        assert!(s.processing_requested(None, None).is_err());
+        let intent = s.creating_version(6).unwrap();
+        assert_eq!(
+            intent,
+            BuildState::CreatingVersion {
+                after_id: 6,
+                upload_id: Some(3)
+            }
+        );
+        assert!(intent.holds_app());
+        let ready = BuildState::Uploaded {
+            version_id: Some(7),
+            upload_id: 3,
+        };
+        assert_eq!(intent.version_ready(7).unwrap(), ready);
+        // A draft reused or taken over, without an intent.
+        assert_eq!(s.version_ready(7).unwrap(), ready);
+        let s = ready.processing_requested(None, None).unwrap();
+        assert_eq!(s.version_id(), Some(7));
+        // Cancelled or failed before the turn: no version to leave behind.
+        let uploading = BuildState::Validated
+            .upload_started(3, 25, 10, identity(25))
+            .unwrap();
+        assert_eq!(
+            uploading.cancelled().unwrap(),
+            BuildState::Cancelled {
+                stage: Stage::Upload,
+                version_id: None
+            }
+        );
+        assert_eq!(
+            uploading.failed(Stage::Upload, "x", 1).unwrap().retry(),
+            Ok(BuildState::Validated)
+        );
+    }
+
+    #[test]
     fn happy_path_to_published() {
         let s = BuildState::Queued;
         let s = s.validated().unwrap();
@@ -966,7 +1101,7 @@ mod tests {
     #[test]
     fn publish_before_processed_is_refused() {
         let s = BuildState::Uploaded {
-            version_id: 1,
+            version_id: Some(1),
             upload_id: 2,
         };
         assert_eq!(
@@ -1033,6 +1168,7 @@ mod tests {
         Forward,
         Validated,
         VersionReady(u64),
+        CreatingVersion(u64),
         UploadStarted {
             upload_id: u64,
             total: u64,
@@ -1058,6 +1194,7 @@ mod tests {
             6 => Just(Op::Forward),
             1 => Just(Op::Validated),
             1 => (1u64..5).prop_map(Op::VersionReady),
+            1 => (0u64..5).prop_map(Op::CreatingVersion),
             1 => (1u64..5, 0u64..60, 0u64..12).prop_map(|(upload_id, total, chunk)| {
                 Op::UploadStarted {
                     upload_id,
@@ -1085,7 +1222,10 @@ mod tests {
     fn forward(s: &BuildState) -> Next {
         match s {
             BuildState::Queued => s.validated(),
-            BuildState::Validated => s.creating_version(0),
+            BuildState::Validated => s.upload_started(1, 25, 10, identity(25)),
+            BuildState::Uploaded {
+                version_id: None, ..
+            } => s.creating_version(0),
             BuildState::CreatingVersion { .. } => s.version_ready(1),
             BuildState::VersionReady { .. } => s.upload_started(1, 25, 10, identity(25)),
             BuildState::Uploading {
@@ -1112,6 +1252,7 @@ mod tests {
             Op::Forward => forward(s),
             Op::Validated => s.validated(),
             Op::VersionReady(v) => s.version_ready(*v),
+            Op::CreatingVersion(after) => s.creating_version(*after),
             Op::UploadStarted {
                 upload_id,
                 total,
@@ -1143,6 +1284,15 @@ mod tests {
 
     /// Properties that hold for every state on its own.
     fn check_state(s: &BuildState) {
+        // Work before the turn never has a draft, and only the turn's
+        // states hold the app.
+        if s.before_turn() {
+            assert_eq!(s.version_id(), None, "{s:?}");
+            assert!(!s.holds_app(), "{s:?}");
+        }
+        if s.version_id().is_some() && !s.is_terminal() {
+            assert!(s.holds_app(), "{s:?}");
+        }
         if let BuildState::Uploading {
             acknowledged,
             total,
@@ -1188,11 +1338,19 @@ mod tests {
         {
             assert!(after >= before, "acknowledged went back");
         }
-        if matches!(next, BuildState::Uploaded { .. }) {
-            assert!(matches!(
-                prev,
-                BuildState::Uploading { acknowledged, total, .. } if acknowledged == total
-            ));
+        if let BuildState::Uploaded { upload_id, .. } = next {
+            // Only a complete upload is ever attached to a draft.
+            assert!(
+                matches!(
+                    prev,
+                    BuildState::Uploading { acknowledged, total, .. } if acknowledged == total
+                ) || matches!(
+                    prev,
+                    BuildState::Uploaded { version_id: None, upload_id: u }
+                        | BuildState::CreatingVersion { upload_id: Some(u), .. } if u == upload_id
+                ),
+                "{prev:?} -> {next:?}"
+            );
         }
         if matches!(
             next,

@@ -11,6 +11,7 @@ use crate::clock::now_ms;
 
 use crate::patchkit::RetryPolicy;
 use crate::policy::{Decision, decide};
+use crate::scheduler::Lane;
 use crate::stages::coordinate::{Gate, gate, needs_lock};
 use crate::stages::{StageCtx, StepError, step};
 use crate::store::{Build, BuildId, StoreError};
@@ -24,6 +25,9 @@ pub enum WorkerEnd {
     Finished(Build),
     /// A step failed in a way worth repeating; the record says when.
     Retry(Build),
+    /// The build's next step belongs to the other lane: its upload is done
+    /// and it waits for its turn, or its turn sent it back to upload.
+    LaneDone(Build),
     /// PatchKit refused the API key; the record says when to try again.
     KeyRefused(Build),
     /// Stopped by shutdown or a cancel request, at a safe point.
@@ -39,17 +43,22 @@ pub enum WorkerEnd {
 pub async fn drive(
     ctx: StageCtx,
     build: Build,
+    lane: Lane,
     retry: RetryPolicy,
     key_retry: Duration,
 ) -> WorkerEnd {
     let observer = ctx.observer.clone();
     let id = build.id;
-    observer.worker_started(&build);
+    observer.worker_started(&build, lane);
     let watch = observer.retry_watch(&build);
-    let end =
-        crate::patchkit::watched(watch, drive_build(ctx.clone(), build, retry, key_retry)).await;
+    let end = crate::patchkit::watched(
+        watch,
+        drive_build(ctx.clone(), build, lane, retry, key_retry),
+    )
+    .await;
     // Stopped mid-retry (shutdown, cancel): nothing is being retried now.
     observer.request_settled(id);
+    observer.worker_ended(id);
     if let WorkerEnd::Finished(build) = &end
         && let Ok(record) = ctx.store.coordination(build.id)
         && let Some(owner) = &record.owner
@@ -62,6 +71,7 @@ pub async fn drive(
 async fn drive_build(
     ctx: StageCtx,
     mut build: Build,
+    lane: Lane,
     retry: RetryPolicy,
     key_retry: Duration,
 ) -> WorkerEnd {
@@ -69,6 +79,9 @@ async fn drive_build(
     loop {
         if build.state.is_terminal() {
             return WorkerEnd::Finished(build);
+        }
+        if build.state.before_turn() != (lane == Lane::Ahead) {
+            return WorkerEnd::LaneDone(build);
         }
         let before = build.state.clone();
         let outcome = if needs_lock(&build.state) {

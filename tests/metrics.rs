@@ -220,7 +220,7 @@ async fn counters_gauges_and_histograms_move_with_the_observer() {
     );
     let queued = build(2, "mac", BuildState::Queued);
     observer.state_changed(&ready);
-    observer.worker_started(&ready);
+    observer.worker_started(&ready, patchkit_autopublish::scheduler::Lane::Turn);
     observer.state_changed(&uploading);
     observer.upload_progress(BuildId(1), 50, 100, 50, Duration::from_secs(1), 50);
     observer.state_changed(&queued);
@@ -321,7 +321,7 @@ async fn counters_gauges_and_histograms_move_with_the_observer() {
     // Through processing to live: each completed stage is timed once.
     observer.upload_progress(BuildId(1), 100, 100, 100, Duration::from_secs(2), 50);
     let uploaded = BuildState::Uploaded {
-        version_id: 3,
+        version_id: Some(3),
         upload_id: 9,
     };
     let steps = [

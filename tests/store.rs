@@ -428,7 +428,7 @@ fn v1_fixtures() -> Vec<(&'static str, Build)> {
             Build {
                 updated_at: 1_763_000_160_500,
                 state: BuildState::Uploading {
-                    version_id: 12,
+                    version_id: Some(12),
                     upload_id: 90_001,
                     acknowledged: 41_943_040,
                     total: 104_857_600,

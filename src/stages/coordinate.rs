@@ -26,10 +26,11 @@ pub enum Gate {
 }
 
 /// Whether a build in `state` needs its app's lock for its next step: from
-/// the draft lookup until its version is live. Feeding channels takes each
-/// channel's own lock instead.
+/// the draft lookup until its version is live. Validation and an upload
+/// made before the draft need none; feeding channels takes each channel's
+/// own lock instead.
 pub fn needs_lock(state: &BuildState) -> bool {
-    !matches!(state, BuildState::Queued | BuildState::Linking { .. }) && !state.is_terminal()
+    !state.before_turn() && !matches!(state, BuildState::Linking { .. }) && !state.is_terminal()
 }
 
 /// Takes (or confirms) the lock on the build's app for its next step.

@@ -1,5 +1,7 @@
-//! `Validated -> CreatingVersion -> VersionReady`: find or create the
-//! build's draft version.
+//! `Uploaded { version_id: None } -> CreatingVersion -> Uploaded { version
+//! }`: find or create the draft version for a build whose upload is done,
+//! at its turn on the app. (A `CreatingVersion` recorded without an upload
+//! ends in `VersionReady`, and the upload follows the draft.)
 //!
 //! First the app itself is read: a secret PatchKit does not know fails the
 //! build naming the secret, and a channel app that takes no direct uploads
@@ -36,7 +38,7 @@ pub(super) async fn run(ctx: &StageCtx, build: &Build) -> Result<Build, StepErro
         Err(e) => return Err(e.into()),
     };
     let intent = match build.state {
-        BuildState::CreatingVersion { after_id } => Some(after_id),
+        BuildState::CreatingVersion { after_id, .. } => Some(after_id),
         _ => None,
     };
     let known = known_drafts(ctx, build)?;
@@ -98,7 +100,10 @@ async fn create(
     versions: &[AppVersion],
 ) -> Result<Build, StepError> {
     let build = match build.state {
-        BuildState::Validated => {
+        BuildState::Validated
+        | BuildState::Uploaded {
+            version_id: None, ..
+        } => {
             let after_id = versions.iter().map(|v| v.id).max().unwrap_or(0);
             advance(ctx, build, build.state.creating_version(after_id)).await?
         }

@@ -1,6 +1,7 @@
-//! The pipeline stages, one file each, in PatchKit's order: `validate`,
-//! `create_version`, `upload`, `process` (content_file, the job, the
-//! messages) and `publish`.
+//! The pipeline stages, one file each: `validate`, `upload` (before the
+//! build's turn, without a version), `create_version` (at its turn, under
+//! PatchKit's lock), `process` (content_file, the job, the messages),
+//! `publish` and `channels`.
 //!
 //! Each stage takes a build in one of its states, performs its side effects
 //! and moves the build on through `Store::transition`, which is written and
@@ -153,10 +154,11 @@ pub async fn step(ctx: &StageCtx, build: &Build) -> Result<Build, StepError> {
 async fn run_stage(ctx: &StageCtx, build: &Build) -> Result<Build, StepError> {
     match &build.state {
         BuildState::Queued => validate::run(ctx, build).await,
-        BuildState::Validated | BuildState::CreatingVersion { .. } => {
-            create_version::run(ctx, build).await
-        }
-        BuildState::VersionReady { .. } | BuildState::Uploading { .. } => {
+        BuildState::CreatingVersion { .. }
+        | BuildState::Uploaded {
+            version_id: None, ..
+        } => create_version::run(ctx, build).await,
+        BuildState::Validated | BuildState::VersionReady { .. } | BuildState::Uploading { .. } => {
             upload::run(ctx, build).await
         }
         BuildState::Uploaded { .. } | BuildState::Processing { .. } => {

@@ -55,7 +55,10 @@ pub(super) async fn run(ctx: &StageCtx, build: &Build) -> Result<Build, StepErro
     let mut build = build.clone();
     loop {
         build = match &build.state {
-            BuildState::Uploaded { version_id, .. } => {
+            BuildState::Uploaded {
+                version_id: Some(version_id),
+                ..
+            } => {
                 let version = match ctx.client.get_version(&build.app_secret, *version_id).await {
                     Ok(v) => v,
                     Err(e) if e.kind() == ErrorKind::NotFound => {

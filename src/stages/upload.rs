@@ -1,4 +1,9 @@
-//! `VersionReady -> Uploading -> Uploaded`: the ZIP, in chunks, resumably.
+//! `Validated -> Uploading -> Uploaded`: the ZIP, in chunks, resumably,
+//! before the build has a version: an upload needs none (PatchKit's own
+//! upload widget fills the upload first), so a build uploads while the
+//! app's builds before it process and publish, and gets its draft at its
+//! turn. A build that has a version and needs a new upload (PatchKit lost
+//! it, a retry) takes `VersionReady -> Uploading -> Uploaded` instead.
 //!
 //! PatchKit cannot say how much of an upload it has, so the acknowledged
 //! offset is written to the store after every chunk it accepts; a restart
@@ -34,11 +39,20 @@ pub(super) async fn run(ctx: &StageCtx, build: &Build) -> Result<Build, StepErro
     let mut build = build.clone();
     loop {
         build = match &build.state {
+            BuildState::Validated => start_first(ctx, &build).await?,
             BuildState::VersionReady { version_id } => start(ctx, &build, *version_id).await?,
             BuildState::Uploading { .. } => send(ctx, &build).await?,
             _ => return Ok(build),
         };
     }
+}
+
+/// Checks the app takes uploads (a channel app or a secret PatchKit does
+/// not know fails here, before any byte is sent), then opens an upload
+/// with no version yet.
+async fn start_first(ctx: &StageCtx, build: &Build) -> Result<Build, StepError> {
+    super::create_version::check_app(ctx, build, Stage::Upload).await?;
+    open_current(ctx, build).await
 }
 
 /// Checks the app still takes uploads and the version is still this
@@ -48,6 +62,12 @@ async fn start(ctx: &StageCtx, build: &Build, version_id: u64) -> Result<Build, 
     if !version_is_ours(ctx, build, version_id).await? {
         return lose_version(ctx, build, version_id).await;
     }
+    open_current(ctx, build).await
+}
+
+/// Opens an upload for the file as it is now, once a changed file has
+/// settled and passed validation again.
+async fn open_current(ctx: &StageCtx, build: &Build) -> Result<Build, StepError> {
     let mut identity = identity_now(build, Stage::Upload).await?;
     if !identity.same_content(&build.identity) {
         identity = follow_changed_file(ctx, build, Stage::Upload, identity).await?;
@@ -159,8 +179,9 @@ async fn send(ctx: &StageCtx, build: &Build) -> Result<Build, StepError> {
             // PatchKit forgot the upload (expired, or PatchKit's state was
             // restored): it may have forgotten the version too, and then
             // the upload would be for nothing.
-            let version_id = latest.state.version_id().unwrap_or_default();
-            if !version_is_ours(ctx, &latest, version_id).await? {
+            if let Some(version_id) = latest.state.version_id()
+                && !version_is_ours(ctx, &latest, version_id).await?
+            {
                 return lose_version(ctx, &latest, version_id).await;
             }
             tracing::warn!(build = %build.id, error = %e, "the upload is gone; starting a new one");

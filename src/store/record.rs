@@ -11,6 +11,9 @@
 //! `decode_build`, bumping `CURRENT_VERSION`, and keeping the V1 fixtures
 //! under `tests/fixtures/store/` with their test.
 //!
+//! Version 4 adds uploads made before the build's draft: `uploading` and
+//! `uploaded` without `version_id`, and `upload_id` on `creating_version`.
+//!
 //! Version 3 adds the `linking` state and the `channels` stage (channel
 //! publishing).
 //!
@@ -30,7 +33,7 @@ use super::build::{Build, BuildId};
 use crate::state::{BuildState, FileIdentity, Stage};
 
 /// The record schema version this binary writes and the newest it reads.
-pub const CURRENT_VERSION: u64 = 3;
+pub const CURRENT_VERSION: u64 = 4;
 
 /// Encodes a build as its current stored form.
 ///
@@ -164,12 +167,17 @@ pub enum StateV1 {
     /// Version 2.
     CreatingVersion {
         after_id: u64,
+        /// Version 4; absent means `None`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        upload_id: Option<u64>,
     },
     VersionReady {
         version_id: u64,
     },
     Uploading {
-        version_id: u64,
+        /// Absent (version 4) for an upload made before the draft.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        version_id: Option<u64>,
         upload_id: u64,
         acknowledged: u64,
         total: u64,
@@ -177,7 +185,9 @@ pub enum StateV1 {
         identity: FileIdentityV1,
     },
     Uploaded {
-        version_id: u64,
+        /// Absent (version 4) for an upload made before the draft.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        version_id: Option<u64>,
         upload_id: u64,
     },
     Processing {
@@ -254,9 +264,19 @@ impl From<&Build> for BuildRecordV1 {
 }
 
 /// The lowest record version that can hold `state`. Version 3 adds the
-/// `linking` state and the `channels` stage.
+/// `linking` state and the `channels` stage; version 4 the upload made
+/// before the draft.
 fn schema_of(state: &BuildState) -> u64 {
     match state {
+        BuildState::Uploading {
+            version_id: None, ..
+        }
+        | BuildState::Uploaded {
+            version_id: None, ..
+        }
+        | BuildState::CreatingVersion {
+            upload_id: Some(_), ..
+        } => 4,
         BuildState::Linking { .. }
         | BuildState::Failed {
             stage: Stage::Channels,
@@ -359,7 +379,13 @@ impl From<&BuildState> for StateV1 {
         match s.clone() {
             BuildState::Queued => StateV1::Queued,
             BuildState::Validated => StateV1::Validated,
-            BuildState::CreatingVersion { after_id } => StateV1::CreatingVersion { after_id },
+            BuildState::CreatingVersion {
+                after_id,
+                upload_id,
+            } => StateV1::CreatingVersion {
+                after_id,
+                upload_id,
+            },
             BuildState::VersionReady { version_id } => StateV1::VersionReady { version_id },
             BuildState::Uploading {
                 version_id,
@@ -477,7 +503,13 @@ impl From<StateV1> for BuildState {
             },
             StateV1::Queued => BuildState::Queued,
             StateV1::Validated => BuildState::Validated,
-            StateV1::CreatingVersion { after_id } => BuildState::CreatingVersion { after_id },
+            StateV1::CreatingVersion {
+                after_id,
+                upload_id,
+            } => BuildState::CreatingVersion {
+                after_id,
+                upload_id,
+            },
             StateV1::VersionReady { version_id } => BuildState::VersionReady { version_id },
             StateV1::Uploading {
                 version_id,
@@ -617,7 +649,10 @@ mod tests {
         vec![
             (
                 "v2_creating_version.json",
-                build(BuildState::CreatingVersion { after_id: 11 }),
+                build(BuildState::CreatingVersion {
+                    after_id: 11,
+                    upload_id: None,
+                }),
             ),
             (
                 "v2_processing.json",
@@ -662,11 +697,62 @@ mod tests {
 
     #[test]
     fn a_newer_schema_is_refused_by_name() {
-        let bytes = br#"{"v":4}"#;
+        let bytes = br#"{"v":5}"#;
         assert!(matches!(
             decode_build("k", bytes),
-            Err(StoreError::UnsupportedSchema { version: 4, .. })
+            Err(StoreError::UnsupportedSchema { version: 5, .. })
         ));
+    }
+
+    #[test]
+    fn uploads_before_the_draft_are_version_4_fixtures() {
+        let b = build(BuildState::Validated);
+        let identity = FileIdentity {
+            path: b.file.clone(),
+            ..b.identity.clone()
+        };
+        let fixtures = [
+            (
+                "v4_uploading.json",
+                build(BuildState::Uploading {
+                    version_id: None,
+                    upload_id: 41,
+                    acknowledged: 20_971_520,
+                    total: 52_428_800,
+                    chunk_size: 10_485_760,
+                    identity,
+                }),
+            ),
+            (
+                "v4_uploaded.json",
+                build(BuildState::Uploaded {
+                    version_id: None,
+                    upload_id: 41,
+                }),
+            ),
+            (
+                "v4_creating_version.json",
+                build(BuildState::CreatingVersion {
+                    after_id: 11,
+                    upload_id: Some(41),
+                }),
+            ),
+        ];
+        for (name, expected) in fixtures {
+            let bytes = fixture(name);
+            assert_eq!(decode_build(name, &bytes).unwrap(), expected, "{name}");
+            assert_eq!(
+                String::from_utf8(encode_build(&expected).unwrap()).unwrap(),
+                String::from_utf8(bytes).unwrap(),
+                "{name}: the stored format changed; a change needs a new schema version"
+            );
+        }
+        // With a version, the same states stay readable by older binaries.
+        let versioned = build(BuildState::Uploaded {
+            version_id: Some(12),
+            upload_id: 41,
+        });
+        assert!(encode_build(&versioned).unwrap().starts_with(b"{\"v\":1,"));
     }
 
     #[test]
