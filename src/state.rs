@@ -11,12 +11,14 @@
 //! `Store::transition` is the only writer of a build's state.
 //!
 //! ```text
-//! Queued -> Validated -> CreatingVersion -> VersionReady -> Uploading
-//!   -> Uploaded -> Processing
-//!   -> Processed -> Publishing -> Published | Scheduled
+//! Queued -> Validated -> Uploading (no version) -> Uploaded (no version)
+//!          (everything above may happen before the build's turn)
+//!   -> CreatingVersion -> Uploaded (version) -> Processing
+//!   -> Processed -> Publishing -> Published | Scheduled | Linking
 //!                -> Draft (the rule does not publish)
-//! any non-terminal state -> Failed (retry: back to Queued, Validated or
-//!   VersionReady) | Cancelled
+//! a version lost -> Validated; an upload lost -> VersionReady -> Uploading
+//! any non-terminal state -> Failed (retry: back to Queued, Validated,
+//!   VersionReady or Linking) | Cancelled
 //! ```
 
 use std::fmt;
@@ -528,16 +530,12 @@ impl BuildState {
         }
     }
 
-    /// `Validated | Uploaded { version_id: None } -> CreatingVersion`: the
-    /// intent to create a draft, recorded before the request, with the
-    /// upload it is for. `after_id` is the app's highest version id as
-    /// listed just before.
+    /// `Uploaded { version_id: None } -> CreatingVersion`: the intent to
+    /// create a draft, recorded before the request, with the upload it is
+    /// for. `after_id` is the app's highest version id as listed just
+    /// before.
     pub fn creating_version(&self, after_id: u64) -> Next {
         match self {
-            BuildState::Validated => Ok(BuildState::CreatingVersion {
-                after_id,
-                upload_id: None,
-            }),
             BuildState::Uploaded {
                 version_id: None,
                 upload_id,
@@ -549,14 +547,14 @@ impl BuildState {
         }
     }
 
-    /// A draft version was created, adopted or taken over: `Validated |
-    /// CreatingVersion -> VersionReady`, or, for a build that uploaded
-    /// before its turn, `Uploaded { None } | CreatingVersion { upload } ->
-    /// Uploaded { version }`, ready for `content_file`.
+    /// A draft version was created, adopted or taken over for the build's
+    /// finished upload: `Uploaded { None } | CreatingVersion { upload } ->
+    /// Uploaded { version }`, ready for `content_file`. A `CreatingVersion`
+    /// recorded without an upload (by a release that created the draft
+    /// first) goes to `VersionReady`, and the upload follows.
     pub fn version_ready(&self, version_id: u64) -> Next {
         match self {
-            BuildState::Validated
-            | BuildState::CreatingVersion {
+            BuildState::CreatingVersion {
                 upload_id: None, ..
             } => Ok(BuildState::VersionReady { version_id }),
             BuildState::CreatingVersion {
@@ -1076,8 +1074,10 @@ mod tests {
 
     #[test]
     fn happy_path_to_published() {
-        let s = BuildState::Queued;
-        let s = s.validated().unwrap();
+        let s = BuildState::CreatingVersion {
+            after_id: 6,
+            upload_id: None,
+        };
         let s = s.version_ready(7).unwrap();
         let s = s.upload_started(3, 25, 10, identity(25)).unwrap();
         let s = s.chunk_acknowledged(10).unwrap();

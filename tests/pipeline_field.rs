@@ -7,15 +7,55 @@
 #[macro_use]
 mod harness;
 
+use std::num::NonZeroU64;
 use std::time::Duration;
 
-use harness::{CHUNK, KEY, Setup, Variant, chunks, failure_reason, until};
+use harness::{CHUNK, Dropped, KEY, Scenario, Setup, Variant, chunks, failure_reason, until};
+use patchkit_autopublish::patchkit::{AckFn, UploadRequest};
 use patchkit_autopublish::sandbox::FaultConfig;
-use patchkit_autopublish::state::BuildState;
+use patchkit_autopublish::state::{BuildState, FileIdentity};
+
+/// Records `file` as a build and uploads it, as the daemon does before the
+/// build's turn: the build is left `Uploaded` with no version.
+async fn uploaded_before_its_turn(s: &Scenario, file: &Dropped) {
+    let id = s.enqueue(&[file]).await[0];
+    let client = s.client();
+    let meta = std::fs::metadata(&file.path).unwrap();
+    let identity = FileIdentity::from_metadata(&file.path, &meta);
+    let upload = client.create_upload(meta.len()).await.unwrap();
+    let request = UploadRequest {
+        upload_id: upload,
+        path: file.path.clone(),
+        total_size: meta.len(),
+        start_offset: 0,
+        chunk_size: NonZeroU64::new(CHUNK).unwrap(),
+    };
+    let cancel = tokio_util::sync::CancellationToken::new();
+    client
+        .upload_file(&request, &mut AckFn(|_| Ok(())), &cancel)
+        .await
+        .unwrap();
+    let store = s.open_store().await;
+    let mut build = store.get(id).unwrap().unwrap();
+    let steps = [
+        |s: &BuildState, _: u64, _: &FileIdentity| s.validated(),
+        |s: &BuildState, upload: u64, identity: &FileIdentity| {
+            s.upload_started(upload, identity.size, CHUNK, identity.clone())
+        },
+        |s: &BuildState, _: u64, identity: &FileIdentity| s.chunk_acknowledged(identity.size),
+        |s: &BuildState, _: u64, _: &FileIdentity| s.uploaded(),
+    ];
+    for step in steps {
+        let next = step(&build.state, upload.0, &identity).unwrap();
+        build = store.transition(id, &build.state, next).await.unwrap();
+    }
+    assert!(!build.state.before_turn() && build.state.version_id().is_none());
+}
 
 /// PatchKit is restored from an older backup while a build uploads: its
-/// draft and its upload are gone. The build goes back to creating a
-/// version, uploads again and publishes, by itself, once.
+/// upload is gone. The build uploads again (it has no draft yet: uploads
+/// come first), then creates its one version and publishes, by itself,
+/// once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn patchkit_forgetting_a_build_mid_upload_is_recovered_without_a_retry() {
     let s = Setup::new(1)
@@ -49,10 +89,11 @@ async fn patchkit_forgetting_a_build_mid_upload_is_recovered_without_a_retry() {
         build.state
     );
     let snap = s.snapshot();
+    assert_eq!(snap.count(harness::CREATE_VERSION, "201"), 1);
     assert_eq!(
-        snap.count(harness::CREATE_VERSION, "201"),
+        snap.count(harness::CREATE_UPLOAD, "201") + snap.count(harness::CREATE_UPLOAD, "200"),
         2,
-        "created again once"
+        "uploaded again once"
     );
     assert_eq!(snap.total(harness::PUBLISH), 1);
 }
@@ -166,8 +207,12 @@ async fn a_wrong_key_answered_with_403_pauses_like_a_refused_key() {
     // With PatchKit's lock on, the lock's own 401 says it first; this case
     // is about a server whose version endpoints answer 403.
     s.edit_config(|t| t.replacen("[patchkit]\n", "[patchkit]\nglobal_lock = false\n", 1));
-    s.write_key("not-the-key");
     let file = s.drop_zip(0, "game-1.0", chunks(1));
+    // The upload (whose endpoint answers a wrong key with 401) is done
+    // while the key was right: the key goes wrong before the build's turn,
+    // whose first request is the version list.
+    uploaded_before_its_turn(&s, &file).await;
+    s.write_key("not-the-key");
     let ended = s
         .run_daemon(true, tokio_util::sync::CancellationToken::new())
         .await;

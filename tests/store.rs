@@ -183,7 +183,6 @@ async fn a_transition_survives_closing_and_reopening() {
         build,
         &[
             &|s| s.validated().unwrap(),
-            &|s| s.version_ready(12).unwrap(),
             &|s| {
                 s.upload_started(34, 25, 10, identity("/b/a.zip", 25, 1))
                     .unwrap()
@@ -233,7 +232,7 @@ async fn a_newer_schema_is_refused_with_a_clear_error() {
 
     // Write a record from the future behind the store's back.
     let db = open_raw(dir.path());
-    let future = br#"{"v":4,"id":0,"something":"new"}"#;
+    let future = br#"{"v":5,"id":0,"something":"new"}"#;
     db.open_tree("builds")
         .unwrap()
         .insert(build.id.to_key(), &future[..])
@@ -245,27 +244,27 @@ async fn a_newer_schema_is_refused_with_a_clear_error() {
     // skip a build it cannot understand.
     let err = open_err(dir.path());
     assert!(
-        matches!(&err, StoreError::UnsupportedSchema { version: 4, key }
+        matches!(&err, StoreError::UnsupportedSchema { version: 5, key }
             if key == &format!("build {} in {}", build.id, dir.path().join("db").display())),
         "{err:?}"
     );
-    assert!(err.to_string().contains("schema version 4"), "{err}");
+    assert!(err.to_string().contains("schema version 5"), "{err}");
     assert!(
         decode_build("x", future)
-            .is_err_and(|e| matches!(e, StoreError::UnsupportedSchema { version: 4, .. }))
+            .is_err_and(|e| matches!(e, StoreError::UnsupportedSchema { version: 5, .. }))
     );
 
     // And a database whose schema version is from the future is not opened.
     let db = open_raw(dir.path());
     db.open_tree("meta")
         .unwrap()
-        .insert("schema_version", "4")
+        .insert("schema_version", "5")
         .unwrap();
     db.flush().unwrap();
     drop(db);
     let err = open_err(dir.path());
     assert!(
-        matches!(err, StoreError::UnsupportedSchema { version: 4, .. }),
+        matches!(err, StoreError::UnsupportedSchema { version: 5, .. }),
         "{err:?}"
     );
 }
@@ -601,9 +600,7 @@ async fn store_with_history(dir: &Path) -> Vec<Build> {
         let build = enqueue_new(&store, new_build("app", &path, 1)).await;
         let upload = identity(&path, 25, 1);
         let mut steps: Vec<&dyn Fn(&BuildState) -> BuildState> =
-            vec![&|s| s.validated().unwrap(), &|s| {
-                s.version_ready(12).unwrap()
-            }];
+            vec![&|s| s.validated().unwrap()];
         let start = move |s: &BuildState| s.upload_started(34, 25, 10, upload.clone()).unwrap();
         steps.push(&start);
         steps.push(&|s| s.chunk_acknowledged(10).unwrap());
@@ -611,6 +608,8 @@ async fn store_with_history(dir: &Path) -> Vec<Build> {
             steps.extend_from_slice(&[
                 &|s: &BuildState| s.chunk_acknowledged(25).unwrap(),
                 &|s: &BuildState| s.uploaded().unwrap(),
+                &|s: &BuildState| s.creating_version(11).unwrap(),
+                &|s: &BuildState| s.version_ready(12).unwrap(),
                 &|s: &BuildState| s.processing_requested(None, None).unwrap(),
                 &|s: &BuildState| s.job_started("job").unwrap(),
                 &|s: &BuildState| s.processed(Vec::new()).unwrap(),

@@ -100,8 +100,7 @@ async fn create(
     versions: &[AppVersion],
 ) -> Result<Build, StepError> {
     let build = match build.state {
-        BuildState::Validated
-        | BuildState::Uploaded {
+        BuildState::Uploaded {
             version_id: None, ..
         } => {
             let after_id = versions.iter().map(|v| v.id).max().unwrap_or(0);
