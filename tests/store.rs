@@ -599,8 +599,7 @@ async fn store_with_history(dir: &Path) -> Vec<Build> {
         let path = format!("/b/{i}.zip");
         let build = enqueue_new(&store, new_build("app", &path, 1)).await;
         let upload = identity(&path, 25, 1);
-        let mut steps: Vec<&dyn Fn(&BuildState) -> BuildState> =
-            vec![&|s| s.validated().unwrap()];
+        let mut steps: Vec<&dyn Fn(&BuildState) -> BuildState> = vec![&|s| s.validated().unwrap()];
         let start = move |s: &BuildState| s.upload_started(34, 25, 10, upload.clone()).unwrap();
         steps.push(&start);
         steps.push(&|s| s.chunk_acknowledged(10).unwrap());
