@@ -343,18 +343,49 @@ pub fn status_rows(
     all: bool,
 ) -> Result<Vec<BuildRow>, StoreError> {
     let cutoff = now_ms().saturating_sub(RECENT.as_millis() as u64);
-    Ok(store
-        .list(&ListFilter::default())?
+    let builds = store.list(&ListFilter::default())?;
+    Ok(builds
         .iter()
         .filter(|b| all || !b.state.is_terminal() || b.updated_at >= cutoff)
         .map(|b| {
-            let row = BuildRow::new(b, observer);
-            match store.coordination(b.id) {
-                Ok(record) => row.with_coordination(&record),
-                Err(_) => row,
+            let mut row = BuildRow::new(b, observer);
+            if let Ok(record) = store.coordination(b.id) {
+                row = row.with_coordination(&record);
             }
+            if row.waiting.is_none() && row.worker.is_none() {
+                row.waiting = awaiting_turn(b, &builds);
+            }
+            row
         })
         .collect())
+}
+
+/// For a build whose upload is done and whose draft waits for its turn:
+/// which build of its app goes first (the one holding the app, else the
+/// oldest unfinished one).
+fn awaiting_turn(build: &Build, builds: &[Build]) -> Option<String> {
+    if !matches!(
+        build.state,
+        BuildState::Uploaded {
+            version_id: None,
+            ..
+        }
+    ) {
+        return None;
+    }
+    let others: Vec<&Build> = builds
+        .iter()
+        .filter(|b| b.app_secret == build.app_secret && b.id != build.id)
+        .filter(|b| !b.state.is_terminal())
+        .collect();
+    let first = others
+        .iter()
+        .find(|b| b.state.holds_app())
+        .or_else(|| others.iter().find(|b| b.id < build.id))?;
+    Some(format!(
+        "upload done; its turn on app {} comes after build {}",
+        build.app_secret, first.id
+    ))
 }
 
 /// The socket path for a state directory.

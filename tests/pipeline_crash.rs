@@ -58,10 +58,10 @@ async fn crash_at(point: &str, max_uploads: u64, variant: Option<Variant>) {
 
 each_variant! {
     async fn a_crash_after_any_store_write_resumes_to_one_published_version(variant) {
-        // Queued -> Validated -> CreatingVersion -> VersionReady -> Uploading,
-        // one write per chunk, Uploaded, Processing twice (requested, job),
-        // Processed, Publishing, Published: the crash point must have been
-        // reached at least this often.
+        // Queued -> Validated -> Uploading, one write per chunk, Uploaded,
+        // CreatingVersion, Uploaded with the version, Processing twice
+        // (requested, job), Processed, Publishing, Published: the crash
+        // point must have been reached at least this often.
         let expected = 10 + CHUNKS;
         let mut n = 1;
         loop {

@@ -76,6 +76,15 @@ each_variant! {
         assert_eq!(one["worker"], "turn", "{rows:#?}");
         assert!(two["version_id"].is_null(), "{rows:#?}");
         assert_eq!(two["stage"], "create-version", "{rows:#?}");
+        let after = format!(
+            "its turn on app {} comes after build {}",
+            app(0),
+            one["id"].as_str().unwrap()
+        );
+        assert!(
+            two["waiting"].as_str().is_some_and(|w| w.contains(&after)),
+            "{rows:#?}"
+        );
         assert!(
             two["detail"].as_str().unwrap().contains("the draft comes at its turn"),
             "{rows:#?}"
