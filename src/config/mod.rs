@@ -161,7 +161,8 @@ impl PatchkitSettings {
 pub struct DaemonSettings {
     /// Where the store and the control socket live.
     pub state_dir: PathBuf,
-    /// Builds in flight at once (never two of one app).
+    /// Builds taking their turn at once (never two of one app), and
+    /// builds uploading ahead of their turn at once (one per app).
     pub workers: usize,
     /// Bytes per upload chunk.
     pub chunk_size: u64,
@@ -208,8 +209,8 @@ pub enum ExistingDraft {
 
 /// Limits that keep a typo from becoming an outage; each has its reason.
 mod limits {
-    /// More workers than this only queue on PatchKit's side: each app runs
-    /// one build at a time anyway.
+    /// More workers than this only queue on PatchKit's side: each app takes
+    /// one build's turn and one upload at a time anyway.
     pub const MAX_WORKERS: i64 = 64;
     /// Below 256 KiB the per-request overhead dominates the upload.
     pub const MIN_CHUNK: u64 = 256 * 1024;

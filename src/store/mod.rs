@@ -64,9 +64,10 @@
 //! # Recovery on open
 //! Nothing is rewritten on open. Every state is either a fact recorded after
 //! its side effect succeeded or an intent recorded before it, and each stage
-//! resumes from it: `Validated` looks for a draft with the build's label
-//! before creating one; `Uploading` resumes from `acknowledged` after checking
-//! the file still matches its identity; `Processing { job_guid: None }` asks
+//! resumes from it: `CreatingVersion` looks for the draft its intent
+//! created before creating one; `Uploading` (with or without a version)
+//! resumes from `acknowledged` after checking the file still matches its
+//! identity; `Processing { job_guid: None }` asks
 //! the version whether processing started; `Publishing` asks the version
 //! whether it is published. Rewriting any of these on load would lose the
 //! information the stage needs, so `open` only checks the schema version and
