@@ -11,8 +11,9 @@
 //! is its own:
 //! - `ours`: [`Client::upload_file`], which reads and hashes the next chunk
 //!   while the current one is on the wire;
-//! - `baseline`: read a chunk into a `Vec`, compute its MD5, one reqwest
-//!   multipart POST with `Content-Range`, wait for the answer, next.
+//! - `baseline`: read a chunk into a `Vec`, compute its MD5 (the same MD5
+//!   code as ours, so only the loop differs), one reqwest multipart POST with
+//!   `Content-Range`, wait for the answer, next.
 //!
 //! The sides alternate (baseline, ours, baseline, ours, ...) so drift in the
 //! machine's load touches both alike. It prints every run, then each side's
@@ -33,8 +34,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Instant;
 
-use md5::{Digest, Md5};
-use patchkit_autopublish::patchkit::{ApiKey, Client, ClientOptions, UploadRequest, chunk_ranges};
+use patchkit_autopublish::patchkit::{
+    ApiKey, Client, ClientOptions, UploadRequest, chunk_ranges, md5_hex,
+};
 use reqwest::multipart::{Form, Part};
 use tokio_util::sync::CancellationToken;
 
@@ -319,7 +321,7 @@ async fn baseline(api: &str, upload: &str, file: &Path) -> f64 {
     for range in chunk_ranges(FILE_SIZE, CHUNK_SIZE, 0) {
         let mut chunk = vec![0; range.size() as usize];
         reader.read_exact(&mut chunk).expect("read");
-        let md5 = format!("{:x}", Md5::digest(&chunk));
+        let md5 = md5_hex(&chunk);
         let part = Part::bytes(chunk)
             .file_name("chunk")
             .mime_str("application/octet-stream")
