@@ -1,7 +1,7 @@
 //! The chunk upload engine: a file to PatchKit's upload host, resumably.
 //!
 //! Owns reading and hashing chunks (a reader thread one chunk ahead of the
-//! sender, reusing at most three chunk buffers), sending each chunk with its
+//! sender, reusing two chunk buffers), sending each chunk with its
 //! MD5 and `Content-Range`, the stall watchdog that replaces a total timeout
 //! for chunks, resending on MD5 mismatch and transient errors, and reporting
 //! every acknowledged offset through an [`AckSink`] while the next chunk is
@@ -43,6 +43,13 @@ const SLICE_SIZE: usize = 64 * 1024;
 /// cache (a few hundred KiB fit in any L2); hashing a whole 10 MiB chunk
 /// after reading it would fetch every byte from memory twice.
 const HASH_PIECE: usize = 256 * 1024;
+
+/// Chunk buffers per upload: one chunk on the wire while the next is read,
+/// hashed and waiting, so the next chunk is ready when the server answers.
+/// A third buffer would only let the reader run two chunks ahead, which
+/// gains nothing once reading is faster than sending, and costs a chunk of
+/// memory (10 MiB by default).
+const CHUNK_BUFFERS: usize = 2;
 
 /// A chunk whose MD5 is refused this many times in a row is given up on:
 /// one mismatch is line noise, five mean something corrupts every attempt
@@ -230,11 +237,12 @@ impl Client {
         }
 
         let file = open_checked(req.path.clone(), req.total_size).await?;
-        // Capacity 1: one chunk waits here while one is sent and one is read,
-        // so at most three chunk buffers are alive.
+        // Capacity 1: the next chunk waits here while one is sent.
         let (tx, mut rx) = mpsc::channel(1);
-        // Sent buffers go back to the reader, which fills them again: a fresh
-        // 10 MiB buffer per chunk would be zeroed and page-faulted in anew.
+        // Every sent chunk's buffer goes back to the reader, which fills it
+        // again: a fresh 10 MiB buffer per chunk would be zeroed and
+        // page-faulted in anew. The reader waits for one once it has
+        // CHUNK_BUFFERS, which bounds the upload's memory.
         let (recycle, recycled) = std::sync::mpsc::channel();
         let reader = {
             let path = req.path.clone();
@@ -297,10 +305,9 @@ impl Client {
             accepted = chunk.range.end_exclusive();
             tracing::debug!(upload = %req.upload_id, accepted, total = req.total_size, "chunk accepted");
             // Unique once the connection has let go of the body's slices;
-            // otherwise the reader allocates a new buffer.
-            if let Ok(buf) = chunk.data.try_into_mut() {
-                let _ = recycle.send(buf);
-            }
+            // otherwise an empty buffer goes back, and the reader allocates.
+            // The reader may be done already (this was the last chunk).
+            let _ = recycle.send(chunk.data.try_into_mut().unwrap_or_default());
         }
         if accepted > acknowledged {
             ack.acknowledged(accepted).await.map_err(UploadError::Ack)?;
@@ -477,10 +484,11 @@ async fn open_checked(path: PathBuf, expected: u64) -> Result<std::fs::File, Upl
     })?
 }
 
-/// The reader thread: reads and hashes each chunk in order and hands it over,
-/// into a buffer that came back through `recycled` when there is one.
-/// Stops early when the receiver is gone (the upload ended) or after sending
-/// an error.
+/// The reader thread: reads and hashes each chunk in order and hands it over.
+/// Allocates up to [`CHUNK_BUFFERS`] buffers, then waits for each sent one to
+/// come back through `recycled` before reading the next chunk into it.
+/// Stops early when the upload is gone (either channel closed) or after
+/// sending an error.
 fn read_chunks(
     mut file: std::fs::File,
     path: &Path,
@@ -490,8 +498,19 @@ fn read_chunks(
     recycled: &std::sync::mpsc::Receiver<BytesMut>,
 ) {
     let mut positioned = false;
+    let mut allocated = 0;
     for range in ranges {
-        let buf = recycled.try_recv().unwrap_or_default();
+        let buf = match recycled.try_recv() {
+            Ok(buf) => buf,
+            Err(_) if allocated < CHUNK_BUFFERS => {
+                allocated += 1;
+                BytesMut::new()
+            }
+            Err(_) => match recycled.recv() {
+                Ok(buf) => buf,
+                Err(_) => return,
+            },
+        };
         let item = read_chunk(&mut file, path, total, range, !positioned, buf);
         positioned = true;
         let failed = item.is_err();

@@ -496,3 +496,45 @@ fn upload_futures_can_be_spawned() {
     assert_send(&client.get_version("s", 1));
     assert_send(&client.create_upload(1));
 }
+
+/// The reader fills two buffers, then reads the next chunk only into a
+/// buffer that came back: an upload holds two chunks in memory, however
+/// slow the sender.
+#[test]
+fn the_reader_fills_two_buffers_then_reuses_them() {
+    let (file, data) = file_of(5_000);
+    let total = data.len() as u64;
+    let chunk_size = NonZeroU64::new(1_000).unwrap();
+    // Room for every chunk: only the buffers can hold the reader back.
+    let (tx, mut rx) = mpsc::channel(8);
+    let (recycle, recycled) = std::sync::mpsc::channel();
+    let path = file.path().to_owned();
+    let reader = std::thread::spawn(move || {
+        let opened = std::fs::File::open(&path).unwrap();
+        let ranges = chunk_ranges(total, chunk_size, 0);
+        read_chunks(opened, &path, total, ranges, &tx, &recycled);
+    });
+    let mut next = || {
+        let chunk = rx.blocking_recv().expect("a chunk").expect("read");
+        let range = chunk.range;
+        let expected = &data[range.start as usize..range.end_exclusive() as usize];
+        assert_eq!(&chunk.data[..], expected);
+        assert_eq!(chunk.md5, md5_hex(expected));
+        chunk
+    };
+    let first = next();
+    let second = next();
+    assert_eq!((first.range.start, second.range.start), (0, 1_000));
+    let first_buffer = first.data.as_ptr();
+    recycle.send(first.data.try_into_mut().unwrap()).unwrap();
+    let third = next();
+    assert_eq!(third.range.start, 2_000);
+    assert_eq!(third.data.as_ptr(), first_buffer, "the buffer is reused");
+    // No buffer comes back any more: the reader stops without a fourth.
+    drop(recycle);
+    reader.join().unwrap();
+    assert!(
+        rx.blocking_recv().is_none(),
+        "a fourth chunk needs a buffer back"
+    );
+}
