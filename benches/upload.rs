@@ -222,6 +222,9 @@ impl SandboxProcess {
         };
         let api = url_after("api:");
         let upload = url_after("upload:");
+        // The rest of what it prints is read and dropped: with the pipe
+        // closed, its next line would fail and end the sandbox.
+        std::thread::spawn(move || lines.for_each(drop));
         SandboxProcess { child, api, upload }
     }
 }
