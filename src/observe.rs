@@ -351,7 +351,8 @@ impl Observer {
                 // drop-to-live time.
                 let live = matches!(build.state, BuildState::Published { .. })
                     .then(|| Duration::from_millis(now.saturating_sub(build.enqueued_at)));
-                metrics.published(&build.rule, now / 1000, live);
+                // The record's time, as a restart reads it back.
+                metrics.published(&build.rule, build.updated_at / 1000, live);
                 self.emit(EventKind::Published, build, None);
             }
             BuildState::Failed { reason, .. } => {
