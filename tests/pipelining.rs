@@ -20,7 +20,7 @@ use harness::{
 use serde_json::Value;
 
 /// Processing long enough that the next build's upload fits inside it.
-const JOB: Duration = Duration::from_secs(3);
+const JOB: Duration = Duration::from_secs(2);
 
 fn row<'a>(rows: &'a [Value], label: &str) -> Option<&'a Value> {
     rows.iter().find(|r| r["label"] == label)
@@ -168,12 +168,12 @@ async fn crash_between_two_builds(variant: Option<Variant>, n: u32) -> bool {
 
 each_variant! {
     async fn a_crash_at_any_store_write_of_two_pipelined_builds_publishes_each_once(variant) {
-        // Every fourth write from the first to past the last: the crash
+        // Every sixth write from the first to past the last: the crash
         // lands in each phase of both builds, including build 2's upload
         // during build 1's processing.
         let mut n = 1;
         while crash_between_two_builds(variant, n).await {
-            n += 4;
+            n += 6;
         }
         assert!(n > 30, "only {n} writes seen");
     }
