@@ -104,6 +104,15 @@ pub use watermark::Progress;
 const CACHE_CAPACITY: u64 = 8 * 1024 * 1024;
 
 const SCHEMA_VERSION_KEY: &[u8] = b"schema_version";
+
+/// No sled transaction starts while a flush is in flight, in this process
+/// (sled's concurrency control is process-wide, so this spans stores). A
+/// transaction takes sled's global write lock; a flush holds its read side
+/// while it waits for sled's I/O pool; a transaction queued behind the
+/// flush stops the pool's other threads at the read side too, and with
+/// every pool thread stopped the flush never ends. Flushes share the gate,
+/// transactions take it alone.
+static SLED_GATE: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
 const SEQ_PREFIX: &[u8] = b"seq/";
 const DISPOSED_PREFIX: &[u8] = b"disposed/";
 /// Prefix of the coordination records in `meta` (`coordination/<build id>`).
@@ -708,7 +717,11 @@ impl Store {
         let mut pauses = WRITE_RETRIES.iter();
         let (value, progress) = loop {
             self.check_not_broken()?;
-            match op() {
+            let attempt = {
+                let _no_flush = SLED_GATE.write().await;
+                op()
+            };
+            match attempt {
                 Ok(applied) => break applied,
                 Err(e) if is_write_failure(&e) => self.pause_or_break(&mut pauses, e).await?,
                 Err(e) => return Err(e),
@@ -776,11 +789,14 @@ impl Store {
             path: self.inner.dir.join("db"),
             source,
         })?;
-        self.inner
-            .db
-            .flush_async()
-            .await
-            .map_err(|e| self.sled(e))?;
+        {
+            let _no_transaction = SLED_GATE.read().await;
+            self.inner
+                .db
+                .flush_async()
+                .await
+                .map_err(|e| self.sled(e))?;
+        }
         let Some(progress) = progress else {
             return Ok(());
         };
@@ -1295,6 +1311,7 @@ impl Store {
 
     /// Waits until every write so far is on disk.
     pub async fn flush(&self) -> Result<(), StoreError> {
+        let _no_transaction = SLED_GATE.read().await;
         self.inner
             .db
             .flush_async()
