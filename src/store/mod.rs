@@ -789,14 +789,7 @@ impl Store {
             path: self.inner.dir.join("db"),
             source,
         })?;
-        {
-            let _no_transaction = SLED_GATE.read().await;
-            self.inner
-                .db
-                .flush_async()
-                .await
-                .map_err(|e| self.sled(e))?;
-        }
+        self.flush().await?;
         let Some(progress) = progress else {
             return Ok(());
         };

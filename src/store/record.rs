@@ -667,16 +667,22 @@ mod tests {
         ]
     }
 
+    /// The fixture decodes to `expected`, which encodes back to it byte for
+    /// byte.
+    fn assert_fixture(name: &str, expected: &Build) {
+        let bytes = fixture(name);
+        assert_eq!(&decode_build(name, &bytes).unwrap(), expected, "{name}");
+        assert_eq!(
+            String::from_utf8(encode_build(expected).unwrap()).unwrap(),
+            String::from_utf8(bytes).unwrap(),
+            "{name}: the stored format changed; a change needs a new schema version"
+        );
+    }
+
     #[test]
     fn v2_fixtures_decode_and_encode_exactly() {
         for (name, expected) in v2_fixtures() {
-            let bytes = fixture(name);
-            assert_eq!(decode_build(name, &bytes).unwrap(), expected, "{name}");
-            assert_eq!(
-                String::from_utf8(encode_build(&expected).unwrap()).unwrap(),
-                String::from_utf8(bytes).unwrap(),
-                "{name}: the stored format changed; a change needs a new schema version"
-            );
+            assert_fixture(name, &expected);
         }
     }
 
@@ -739,13 +745,7 @@ mod tests {
             ),
         ];
         for (name, expected) in fixtures {
-            let bytes = fixture(name);
-            assert_eq!(decode_build(name, &bytes).unwrap(), expected, "{name}");
-            assert_eq!(
-                String::from_utf8(encode_build(&expected).unwrap()).unwrap(),
-                String::from_utf8(bytes).unwrap(),
-                "{name}: the stored format changed; a change needs a new schema version"
-            );
+            assert_fixture(name, &expected);
         }
         // With a version, the same states stay readable by older binaries.
         let versioned = build(BuildState::Uploaded {
