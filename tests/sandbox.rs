@@ -203,7 +203,7 @@ impl T {
 }
 
 fn md5_hex(data: &[u8]) -> String {
-    format!("{:x}", Md5::digest(data))
+    patchkit_autopublish::patchkit::lower_hex(&Md5::digest(data))
 }
 
 /// A STORE zip with one entry.
@@ -688,7 +688,7 @@ async fn processing_and_publishing_a_good_zip() {
     let info = snap.version(APP, id).unwrap();
     assert_eq!(
         info.content_sha256.as_deref(),
-        Some(format!("{:x}", Sha256::digest(&zip)).as_str())
+        Some(patchkit_autopublish::patchkit::lower_hex(&Sha256::digest(&zip)).as_str())
     );
     assert_eq!(info.content_size, Some(zip.len() as u64));
     assert!(info.published && !info.draft);

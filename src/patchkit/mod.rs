@@ -43,4 +43,4 @@ pub use types::{
     App, AppVersion, Job, JobGuid, LockAnswer, MissingKey, ParentGroup, ProcessingMessage,
     PublishState, Severity, UploadId, VersionPatch,
 };
-pub use upload::{AckFn, AckSink, UploadError, UploadRequest, md5_hex};
+pub use upload::{AckFn, AckSink, UploadError, UploadRequest, lower_hex, md5_hex};

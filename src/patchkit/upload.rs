@@ -421,7 +421,17 @@ impl Client {
 
 /// Lowercase hex MD5, as the `md5` form field wants it.
 pub fn md5_hex(data: &[u8]) -> String {
-    format!("{:x}", Md5::digest(data))
+    lower_hex(&Md5::digest(data))
+}
+
+/// `bytes` as lowercase hex (a digest as PatchKit and `md5sum` print it).
+pub fn lower_hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    bytes
+        .iter()
+        .flat_map(|b| [DIGITS[usize::from(b >> 4)], DIGITS[usize::from(b & 0xf)]])
+        .map(char::from)
+        .collect()
 }
 
 /// `data` as a stream of [`SLICE_SIZE`] slices, adding each slice's length to
@@ -560,7 +570,7 @@ fn read_chunk(
     Ok(ReadChunk {
         range,
         data: buf.freeze(),
-        md5: format!("{:x}", md5.finalize()),
+        md5: lower_hex(&md5.finalize()),
     })
 }
 

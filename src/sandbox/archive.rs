@@ -41,7 +41,7 @@ pub(crate) fn analyze(path: &Path) -> io::Result<Analysis> {
         size += n as u64;
     }
     Ok(Analysis {
-        sha256: format!("{:x}", hasher.finalize()),
+        sha256: crate::patchkit::lower_hex(&hasher.finalize()),
         size,
         errors: zip_errors(File::open(path)?),
     })

@@ -178,7 +178,7 @@ async fn upload_chunk(
         ));
     }
     if let Some(md5) = md5 {
-        let actual = format!("{:x}", Md5::digest(&chunk));
+        let actual = crate::patchkit::lower_hex(&Md5::digest(&chunk));
         if !md5.trim().eq_ignore_ascii_case(&actual) {
             return Err(ApiError::new(
                 StatusCode::PRECONDITION_FAILED,

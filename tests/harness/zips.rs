@@ -234,7 +234,7 @@ impl XorShift {
 
 /// Lowercase hex SHA-256 of some bytes.
 pub fn sha256(bytes: &[u8]) -> String {
-    format!("{:x}", Sha256::digest(bytes))
+    patchkit_autopublish::patchkit::lower_hex(&Sha256::digest(bytes))
 }
 
 /// Lowercase hex SHA-256 of a file, read a block at a time.
@@ -245,7 +245,9 @@ pub fn sha256_file(path: &Path) -> io::Result<String> {
     loop {
         let n = file.read(&mut buf)?;
         if n == 0 {
-            return Ok(format!("{:x}", hasher.finalize()));
+            return Ok(patchkit_autopublish::patchkit::lower_hex(
+                &hasher.finalize(),
+            ));
         }
         hasher.update(&buf[..n]);
     }

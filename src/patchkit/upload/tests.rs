@@ -538,3 +538,21 @@ fn the_reader_fills_two_buffers_then_reuses_them() {
         "a fourth chunk needs a buffer back"
     );
 }
+
+/// The `md5` field is lowercase hex of MD5, as `md5sum` prints it: the
+/// test vectors of RFC 1321.
+#[test]
+fn md5_hex_gives_rfc_1321_digests() {
+    assert_eq!(md5_hex(b""), "d41d8cd98f00b204e9800998ecf8427e");
+    assert_eq!(md5_hex(b"abc"), "900150983cd24fb0d6963f7d28e17f72");
+    assert_eq!(
+        md5_hex(b"message digest"),
+        "f96b697d7cb7938d525a2f31aaf161d0"
+    );
+    assert_eq!(
+        md5_hex(
+            b"12345678901234567890123456789012345678901234567890123456789012345678901234567890"
+        ),
+        "57edf4a22be3c955ac49da2e2107b67a"
+    );
+}
