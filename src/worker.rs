@@ -53,7 +53,10 @@ pub async fn drive(
     let watch = observer.retry_watch(&build);
     let end = crate::patchkit::watched(
         watch,
-        drive_build(ctx.clone(), build, lane, retry, key_retry),
+        crate::patchkit::stoppable(
+            ctx.cancel.clone(),
+            drive_build(ctx.clone(), build, lane, retry, key_retry),
+        ),
     )
     .await;
     // Stopped mid-retry (shutdown, cancel): nothing is being retried now.
@@ -94,6 +97,12 @@ async fn drive_build(
             step(&ctx, &build).await
         };
         let err = match outcome {
+            // Stopped (shutdown, cancel) while a request waited to be sent
+            // again: nothing was in flight, so this is a safe point too. Not
+            // a failure: no attempt is counted and nothing is logged as one.
+            Err(StepError::Api(e)) if e.is_transient() && ctx.cancel.is_cancelled() => {
+                return WorkerEnd::Stopped(id);
+            }
             Ok(next) => {
                 build = next;
                 if build.attempts > 0 && build.state != before {

@@ -236,6 +236,48 @@ each_variant! {
     }
 }
 
+/// PatchKit answers every request with 5xx and the client waits (up to
+/// 10 minutes, the retry ceiling) to send one again: SIGTERM ends that wait
+/// at once rather than after it or after `shutdown_timeout`, and the build
+/// is neither failed nor charged an attempt.
+#[tokio::test]
+async fn sigterm_during_a_request_retry_wait_exits_at_once_and_the_restart_publishes() {
+    let s = Setup::new(1)
+        .retry("10m", "10m", "never")
+        .shutdown_timeout("10m")
+        .sandbox(|c| {
+            c.faults(FaultConfig {
+                fail_5xx: 1.0,
+                ..FaultConfig::seeded(7)
+            })
+        })
+        .start()
+        .await;
+    let file = s.drop_zip(0, "game-1.0", chunks(2));
+    let daemon = s.spawn(false, None);
+    daemon.until_log("; retry 1 in ", 1).await;
+    daemon.signal("TERM");
+    let status = daemon.wait(Duration::from_secs(20)).await;
+    assert_eq!(status.code(), Some(0), "{status:?}\n{}", s.logs());
+    let logs = s.logs();
+    assert!(
+        !logs.contains("did not finish within shutdown_timeout"),
+        "{logs}"
+    );
+    assert!(
+        !logs.contains("will retry"),
+        "the stop was taken for a failure:\n{logs}"
+    );
+
+    let build = s.build_of(&file).await;
+    assert_eq!(build.attempts, 0, "{}\n{logs}", build.state);
+    assert!(build.state.before_turn(), "{}", build.state);
+
+    s.sb.set_faults(FaultConfig::default());
+    s.run_child_ok().await;
+    s.assert_recovered(&file, 1, "after SIGTERM in a retry wait");
+}
+
 each_variant! {
     async fn a_second_daemon_on_the_same_state_dir_is_refused_naming_the_lock(variant) {
         let s = Setup::new(1).variant(variant).start().await;

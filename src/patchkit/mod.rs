@@ -38,7 +38,7 @@ pub use chunks::{ChunkRange, ChunkRanges, DEFAULT_CHUNK_SIZE, chunk_ranges};
 pub use client::{Client, ClientOptions, DEFAULT_API_URL, DEFAULT_UPLOAD_URL, KnownApp, KnownApps};
 pub use error::{ApiError, BoxError, BuildError, Endpoint, ErrorKind};
 pub use key::ApiKey;
-pub use retry::{Backoff, RequestRetry, RetryClass, RetryPolicy, RetryWatch, watched};
+pub use retry::{Backoff, RequestRetry, RetryClass, RetryPolicy, RetryWatch, stoppable, watched};
 pub use types::{
     App, AppVersion, Job, JobGuid, LockAnswer, MissingKey, ParentGroup, ProcessingMessage,
     PublishState, Severity, UploadId, VersionPatch,

@@ -9,7 +9,8 @@
 //! Also owns the report of each request retry ([`RequestRetry`]) to whoever
 //! watches the task that sends it ([`watched`], [`RetryWatch`]): a retry
 //! loop lives inside one request, so without this report an outage shorter
-//! than the give-up time would be visible only in the log.
+//! than the give-up time would be visible only in the log. A task run
+//! [`stoppable`] stops waiting between retries when it is told to stop.
 
 use std::fmt;
 use std::future::Future;
@@ -19,6 +20,7 @@ use std::time::Duration;
 use rand::Rng;
 use reqwest::StatusCode;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use super::error::{ApiError, Endpoint, ErrorKind};
 
@@ -112,7 +114,15 @@ impl RetryPolicy {
                 return Err(err);
             };
             log_retry(err.endpoint(), backoff.attempts(), delay, &err);
-            tokio::time::sleep(delay).await;
+            // Nothing is in flight while waiting: a stopping task need not
+            // wait out the delay, and gets the last failure.
+            match STOP.try_with(CancellationToken::clone) {
+                Ok(stop) => tokio::select! {
+                    () = stop.cancelled() => return Err(err),
+                    () = tokio::time::sleep(delay) => {}
+                },
+                Err(_) => tokio::time::sleep(delay).await,
+            }
         }
     }
 }
@@ -255,6 +265,19 @@ tokio::task_local! {
 /// (not in tasks it spawns).
 pub async fn watched<F: Future>(watch: Arc<dyn RetryWatch>, work: F) -> F::Output {
     WATCH.scope(watch, work).await
+}
+
+tokio::task_local! {
+    /// Cancelled when the current task is to stop (shutdown, a cancelled
+    /// build): its request retries stop waiting.
+    static STOP: CancellationToken;
+}
+
+/// Runs `work` so that a request retry inside it (not in tasks it spawns)
+/// stops waiting when `stop` is cancelled and returns the failure it would
+/// have repeated: the caller sees a transient error and `stop` cancelled.
+pub async fn stoppable<F: Future>(stop: CancellationToken, work: F) -> F::Output {
+    STOP.scope(stop, work).await
 }
 
 #[cfg(test)]
@@ -454,5 +477,47 @@ mod tests {
             .unwrap_err();
         assert!(err.is_transient());
         assert!(started.elapsed() <= Duration::from_secs(60));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stopped_task_stops_waiting_to_retry_and_gets_the_failure() {
+        let p = RetryPolicy {
+            give_up: Some(Duration::from_secs(3600)),
+            ..policy()
+        };
+        let stop = CancellationToken::new();
+        let calls = Cell::new(0);
+        let started = Instant::now();
+        let err = stoppable(
+            stop.clone(),
+            p.run(|| {
+                calls.set(calls.get() + 1);
+                // Stopped while the first failure is being answered.
+                if calls.get() == 2 {
+                    stop.cancel();
+                }
+                async { Err::<(), _>(transient()) }
+            }),
+        )
+        .await
+        .unwrap_err();
+        assert!(err.is_transient());
+        assert_eq!(calls.get(), 2, "sent again after the stop");
+        // One wait (at most the 100 ms ceiling of attempt 0), not the second.
+        assert!(started.elapsed() <= Duration::from_millis(100));
+
+        // Stopped before anything: one try, no wait.
+        let calls = Cell::new(0);
+        let err = stoppable(
+            stop.clone(),
+            p.run(|| {
+                calls.set(calls.get() + 1);
+                async { Err::<(), _>(transient()) }
+            }),
+        )
+        .await
+        .unwrap_err();
+        assert!(err.is_transient());
+        assert_eq!(calls.get(), 1);
     }
 }

@@ -110,6 +110,8 @@ pub struct Setup {
     settle: &'static str,
     auth_retry: &'static str,
     shutdown_timeout: &'static str,
+    /// `[patchkit] retry_base`, `retry_cap` and `retry_give_up`.
+    retry: [&'static str; 3],
     /// Extra `key = value` lines for the rule of each app.
     rule_lines: Vec<Vec<String>>,
     sandbox: SandboxConfig,
@@ -133,6 +135,7 @@ impl Setup {
             settle: "1s",
             auth_retry: "1s",
             shutdown_timeout: "5s",
+            retry: ["5ms", "100ms", "2m"],
             rule_lines: vec![Vec::new(); apps],
             sandbox,
             variant: None,
@@ -155,6 +158,13 @@ impl Setup {
 
     pub fn shutdown_timeout(mut self, d: &'static str) -> Self {
         self.shutdown_timeout = d;
+        self
+    }
+
+    /// The request retry policy: `[patchkit] retry_base`, `retry_cap` and
+    /// `retry_give_up`.
+    pub fn retry(mut self, base: &'static str, cap: &'static str, give_up: &'static str) -> Self {
+        self.retry = [base, cap, give_up];
         self
     }
 
@@ -192,8 +202,9 @@ api_key_file = "{key}"
 request_timeout = "10s"
 connect_timeout = "2s"
 stall_timeout = "5s"
-retry_base = "5ms"
-retry_cap = "100ms"
+retry_base = "{retry_base}"
+retry_cap = "{retry_cap}"
+retry_give_up = "{retry_give_up}"
 
 [daemon]
 state_dir = "{state}"
@@ -213,6 +224,9 @@ auth_retry = "{auth_retry}"
             settle = self.settle,
             shutdown = self.shutdown_timeout,
             auth_retry = self.auth_retry,
+            retry_base = self.retry[0],
+            retry_cap = self.retry[1],
+            retry_give_up = self.retry[2],
         );
         for (i, lines) in self.rule_lines.iter().enumerate() {
             let folder = root.join("drops").join(app(i));
