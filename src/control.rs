@@ -11,6 +11,7 @@
 //! When no daemon runs, the CLI reads the store itself; [`status_rows`] is
 //! shared by both paths so the output is the same.
 
+use std::collections::HashMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -23,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::clock::now_ms;
 use crate::observe::{Observer, RequestRetryStatus};
+use crate::scheduler::Lane;
 use crate::state::{BuildState, FileIdentity};
 use crate::store::{Build, BuildId, ChannelStep, Coordination, ListFilter, Store, StoreError};
 
@@ -344,6 +346,12 @@ pub fn status_rows(
 ) -> Result<Vec<BuildRow>, StoreError> {
     let cutoff = now_ms().saturating_sub(RECENT.as_millis() as u64);
     let builds = store.list(&ListFilter::default())?;
+    // The build of each app uploading ahead of its turn right now.
+    let uploading: HashMap<&str, BuildId> = builds
+        .iter()
+        .filter(|b| observer.and_then(|o| o.lane(b.id)) == Some(Lane::Ahead))
+        .map(|b| (b.app_secret.as_str(), b.id))
+        .collect();
     Ok(builds
         .iter()
         .filter(|b| all || !b.state.is_terminal() || b.updated_at >= cutoff)
@@ -353,11 +361,29 @@ pub fn status_rows(
                 row = row.with_coordination(&record);
             }
             if row.waiting.is_none() && row.worker.is_none() {
-                row.waiting = awaiting_turn(b, &builds);
+                row.waiting = awaiting_turn(b, &builds)
+                    .or_else(|| awaiting_upload(b, uploading.get(b.app_secret.as_str())));
             }
             row
         })
         .collect())
+}
+
+/// For a build that has yet to upload, while another build of its app
+/// uploads: an app uploads one build at a time.
+fn awaiting_upload(build: &Build, uploading: Option<&BuildId>) -> Option<String> {
+    let other = uploading.filter(|id| **id != build.id)?;
+    let upload_to_come = match &build.state {
+        BuildState::Queued | BuildState::Validated { .. } => true,
+        BuildState::Uploading { version_id, .. } => version_id.is_none(),
+        _ => false,
+    };
+    upload_to_come.then(|| {
+        format!(
+            "its upload comes after build {other}'s (app {} uploads one build at a time)",
+            build.app_secret
+        )
+    })
 }
 
 /// For a build whose upload is done and whose draft waits for its turn:

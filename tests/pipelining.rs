@@ -17,6 +17,7 @@ use harness::{
     CHUNK, CREATE_UPLOAD, CREATE_VERSION, Dropped, LIMIT, PUBLISH, Scenario, Setup, Variant, app,
     chunks,
 };
+use patchkit_autopublish::sandbox::FaultConfig;
 use serde_json::Value;
 
 /// Processing long enough that the next build's upload fits inside it.
@@ -106,6 +107,66 @@ each_variant! {
         assert_eq!(uploads(&s), 3, "{}", s.logs());
         assert_eq!(snap.total(PUBLISH), 3, "{}", s.logs());
     }
+}
+
+/// A build whose upload has yet to start while another build of its app
+/// uploads says which one it waits for.
+#[tokio::test]
+async fn a_build_waiting_for_its_apps_upload_lane_names_the_upload_ahead() {
+    let s = Setup::new(1)
+        .sandbox(|c| {
+            c.faults(FaultConfig {
+                latency: Duration::from_millis(100),
+                ..FaultConfig::seeded(3)
+            })
+        })
+        .start()
+        .await;
+    let files: Vec<Dropped> = ["night-1", "night-2"]
+        .iter()
+        .map(|label| s.drop_zip(0, label, chunks(24)))
+        .collect();
+    let daemon = s.spawn(false, None);
+    let rows = until_rows(&s, "night-1 uploading ahead of night-2", |rows| {
+        let (Some(one), Some(two)) = (row(rows, "night-1"), row(rows, "night-2")) else {
+            return false;
+        };
+        one["worker"] == "ahead" && two["worker"].is_null() && !two["waiting"].is_null()
+    })
+    .await;
+    let (one, two) = (
+        row(&rows, "night-1").unwrap(),
+        row(&rows, "night-2").unwrap(),
+    );
+    assert!(
+        ["queued", "validated"].contains(&two["state"].as_str().unwrap()),
+        "{rows:#?}"
+    );
+    assert_eq!(
+        two["waiting"],
+        format!(
+            "its upload comes after build {}'s (app {} uploads one build at a time)",
+            one["id"].as_str().unwrap(),
+            app(0)
+        ),
+        "{rows:#?}"
+    );
+    // The text table says it too (night-1's upload has 2 s to go).
+    let deadline = Instant::now() + LIMIT;
+    loop {
+        let text = s.run_cli(&["status"]).stdout;
+        if text.contains("its upload comes after build") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{text}\n{}", s.logs());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    for f in &files {
+        s.until_published(&app(0), &f.label).await;
+    }
+    daemon.stop().await;
+    s.assert_published_in_order(&app(0), &files.iter().collect::<Vec<_>>());
 }
 
 /// `status` (text) says how many uploads are in flight and how many builds
