@@ -374,7 +374,7 @@ pub fn status_rows(
 fn awaiting_upload(build: &Build, uploading: Option<&BuildId>) -> Option<String> {
     let other = uploading.filter(|id| **id != build.id)?;
     let upload_to_come = match &build.state {
-        BuildState::Queued | BuildState::Validated { .. } => true,
+        BuildState::Queued | BuildState::Validated => true,
         BuildState::Uploading { version_id, .. } => version_id.is_none(),
         _ => false,
     };
