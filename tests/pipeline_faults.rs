@@ -236,6 +236,59 @@ each_variant! {
     }
 }
 
+/// A build server rewrites the file in place while it uploads, putting its
+/// size and mtime back (`cp -p` over it, `rsync --inplace -t`): what was
+/// sent mixes two builds, so it is not published; the file as it is now is
+/// uploaded again and published, once.
+#[tokio::test]
+async fn a_file_rewritten_in_place_with_its_mtime_kept_is_uploaded_again_not_mixed() {
+    let s = Setup::new(1)
+        .sandbox(|c| c.faults(slow(100, 0)))
+        .start()
+        .await;
+    let file = s.drop_zip(0, "game-1.0", chunks(8));
+    let mtime = std::fs::metadata(&file.path).unwrap().modified().unwrap();
+    let other = s.state_dir().with_file_name("other.zip");
+    let other_sha = harness::write_zip(&other, "another build", chunks(8));
+    let other_bytes = std::fs::read(&other).unwrap();
+    assert_eq!(
+        other_bytes.len() as u64,
+        std::fs::metadata(&file.path).unwrap().len(),
+        "the rewrite must keep the size"
+    );
+    assert_ne!(other_sha, file.sha256);
+
+    let daemon = s.spawn(false, None);
+    until("two chunks", || s.snapshot().total(CHUNK_ROUTE) >= 2).await;
+    {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&file.path)
+            .unwrap();
+        f.write_all(&other_bytes).unwrap();
+        f.set_modified(mtime).unwrap();
+    }
+    let id = s.until_published(&file.app, &file.label).await;
+    daemon.stop().await;
+
+    let snap = s.snapshot();
+    let versions = snap.versions(&file.app);
+    assert_eq!(versions.len(), 1, "{versions:?}\n{}", s.logs());
+    assert_eq!(versions[0].id, id);
+    assert_eq!(
+        versions[0].content_sha256.as_deref(),
+        Some(other_sha.as_str()),
+        "the published content is not the file as rewritten\n{}",
+        s.logs()
+    );
+    assert!(
+        s.logs().contains("rewritten during the upload"),
+        "{}",
+        s.logs()
+    );
+}
+
 /// PatchKit answers every request with 5xx and the client waits (up to
 /// 10 minutes, the retry ceiling) to send one again: SIGTERM ends that wait
 /// at once rather than after it or after `shutdown_timeout`, and the build

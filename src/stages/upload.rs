@@ -10,7 +10,9 @@
 //! resumes from there with the same upload id. Before resuming, the file must
 //! still be the one the upload started from (size, mtime, inode): a changed
 //! file gets a fresh upload once it has settled, so no upload ever mixes
-//! two versions of a file. A chunk whose acknowledgement was lost is sent
+//! two versions of a file. After the last chunk the same checks run again,
+//! plus the file's change time (ctime), which also catches a rewrite in
+//! place that put the size and mtime back. A chunk whose acknowledgement was lost is sent
 //! again: same bytes, same range, harmless.
 //!
 //! PatchKit may forget a version or an upload (a draft deleted in the panel,
@@ -161,6 +163,10 @@ async fn send(ctx: &StageCtx, build: &Build) -> Result<Build, StepError> {
         start_offset: *acknowledged,
         chunk_size: NonZeroU64::new(*chunk_size).unwrap_or(NonZeroU64::MIN),
     };
+    // Size, mtime and inode miss a file rewritten in place with its size
+    // and mtime put back (`cp -p` over it, `rsync --inplace -t`); its
+    // change time (ctime) moves on any write.
+    let changed_at = status_changed_ns(&build.file).await;
     let mut sink = StoreAck {
         ctx: ctx.clone(),
         build: build.clone(),
@@ -199,7 +205,26 @@ async fn send(ctx: &StageCtx, build: &Build) -> Result<Build, StepError> {
         tracing::warn!(build = %build.id, "the file changed during the upload; uploading it again");
         return Ok(latest);
     }
+    if status_changed_ns(&latest.file).await != changed_at {
+        tracing::warn!(
+            build = %build.id, file = %build.file.display(),
+            "the file was rewritten during the upload with its size and modification time put \
+             back (its change time moved): what was sent may mix two builds, so the file as it \
+             is now is checked and uploaded again"
+        );
+        revalidate(&latest).await?;
+        return open_upload(ctx, &latest, after).await;
+    }
     advance(ctx, &latest, latest.state.uploaded()).await
+}
+
+/// The file's status change time (ctime), nanoseconds since the Unix
+/// epoch: it moves on every write, whatever the writer does to the mtime.
+/// `None` where it cannot be read (the checks around it then decide).
+async fn status_changed_ns(path: &std::path::Path) -> Option<i128> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = tokio::fs::metadata(path).await.ok()?;
+    Some(i128::from(meta.ctime()) * 1_000_000_000 + i128::from(meta.ctime_nsec()))
 }
 
 /// Validates the ZIP again after the file changed.
