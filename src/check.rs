@@ -538,8 +538,25 @@ fn unreachable(config: &Config, err: &crate::patchkit::ApiError) -> String {
 /// time), as "id (state)".
 fn by_file(rows: &[BuildRow]) -> HashMap<Vec<u8>, String> {
     rows.iter()
-        .map(|r| (r.identity().dedupe_key(), format!("{} ({})", r.id, r.state)))
+        .flat_map(|r| {
+            let identity = r.identity();
+            let known = format!("{} ({})", r.id, r.state);
+            std::iter::once(identity.dedupe_key())
+                .chain(identity.resolved_dedupe_key())
+                .map(move |key| (key, known.clone()))
+        })
         .collect()
+}
+
+/// The known build of a file seen now, under its folder as written or as
+/// resolved (see [`FileIdentity::resolved_dedupe_key`]).
+fn known_build<'a>(
+    known: &'a HashMap<Vec<u8>, String>,
+    id: &crate::state::FileIdentity,
+) -> Option<&'a String> {
+    known
+        .get(&id.dedupe_key())
+        .or_else(|| known.get(&id.resolved_dedupe_key()?))
 }
 
 /// Which rules take each file, by its canonical path: two rules whose
@@ -587,7 +604,7 @@ fn files_now(
             }
             let new = taken
                 .iter()
-                .filter(|(_, id)| !known.contains_key(&id.dedupe_key()))
+                .filter(|(_, id)| known_build(&known, id).is_none())
                 .count();
             report.ok(format!(
                 "{who}: folder {} has {} build file(s) matching {:?}, {new} not yet taken",
@@ -610,7 +627,7 @@ fn files_now(
                     ));
                     continue;
                 }
-                let note = match known.get(&id.dedupe_key()) {
+                let note = match known_build(&known, id) {
                     Some(build) => format!("already build {build}"),
                     None => "would be taken now".to_owned(),
                 };

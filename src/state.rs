@@ -135,6 +135,23 @@ impl FileIdentity {
         key.extend_from_slice(&self.mtime_ns.to_be_bytes());
         key
     }
+
+    /// The dedupe key of the same file named through its folder's real path
+    /// (symlinks, `.` and `..` resolved), when that key is not
+    /// [`dedupe_key`](Self::dedupe_key) itself: a rule folder written
+    /// another way (through a symlink, as `dir/./x`, after a mount point
+    /// moved to a symlink) still names files already handled. `None` when
+    /// the folder cannot be resolved (it is gone) or is written that way.
+    pub fn resolved_dedupe_key(&self) -> Option<Vec<u8>> {
+        let (dir, name) = (self.path.parent()?, self.path.file_name()?);
+        let real = std::fs::canonicalize(dir).ok()?.join(name);
+        let key = FileIdentity {
+            path: real,
+            ..self.clone()
+        }
+        .dedupe_key();
+        (key != self.dedupe_key()).then_some(key)
+    }
 }
 
 /// A build file's place in its app's queue: its modification time (when

@@ -236,6 +236,41 @@ each_variant! {
     }
 }
 
+/// The rule's folder written another way after its files were published
+/// (through `./`, through a symlink to it): the files are known, `check`
+/// says so, and nothing is published again.
+#[tokio::test]
+async fn a_rule_folder_written_another_way_publishes_nothing_again() {
+    let s = Setup::new(1).start().await;
+    let file = s.drop_zip(0, "game-1.0", chunks(2));
+    s.run_child_ok().await;
+    assert_eq!(s.snapshot().versions(&file.app).len(), 1, "{}", s.logs());
+
+    let dir = file.path.parent().unwrap().to_owned();
+    let link = dir.with_file_name("builds-link");
+    std::os::unix::fs::symlink(&dir, &link).unwrap();
+    let mut written = format!("folder = \"{}\"", dir.display());
+    for spelling in [dir.join(".").join(""), link] {
+        let next = format!("folder = \"{}\"", spelling.display());
+        s.edit_config(|text| {
+            assert!(text.contains(&written), "{text}");
+            text.replace(&written, &next)
+        });
+        written = next;
+        let check = s.run_cli(&["check"]);
+        assert!(
+            check.stdout.contains("already build 1") && !check.stdout.contains("would be taken"),
+            "{} ({})\n{}",
+            spelling.display(),
+            written,
+            check.stdout
+        );
+        s.run_child_ok().await;
+    }
+    assert_eq!(s.builds().await.len(), 1, "{}", s.logs());
+    assert_eq!(s.snapshot().versions(&file.app).len(), 1, "{}", s.logs());
+}
+
 /// A build server rewrites the file in place while it uploads, putting its
 /// size and mtime back (`cp -p` over it, `rsync --inplace -t`): what was
 /// sent mixes two builds, so it is not published; the file as it is now is

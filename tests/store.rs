@@ -67,6 +67,50 @@ async fn advance(
     build
 }
 
+/// A folder named through a symlink, through `./`, or the other way round
+/// after the config changed: its files are the ones already recorded.
+#[tokio::test]
+async fn a_file_seen_through_another_spelling_of_its_folder_is_the_same_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("state")).unwrap();
+    let real = dir.path().join("builds");
+    std::fs::create_dir(&real).unwrap();
+    let link = dir.path().join("link");
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+    let at = |folder: &std::path::Path| {
+        let path = folder.join("game.zip");
+        new_build("app", path.to_str().unwrap(), 1)
+    };
+
+    let first = enqueue_new(&store, at(&real)).await;
+    for other in [link.clone(), real.join("."), link.join("..").join("builds")] {
+        assert_eq!(
+            store.enqueue(at(&other)).await.unwrap(),
+            Enqueued::Existing(first.id),
+            "{}",
+            other.display()
+        );
+        assert_eq!(
+            store.find_by_identity(&at(&other).identity).unwrap(),
+            Some(first.id)
+        );
+    }
+    // Recorded through the symlink first: the real folder finds it too.
+    let second = enqueue_new(
+        &store,
+        new_build("app", link.join("b.zip").to_str().unwrap(), 1),
+    )
+    .await;
+    assert_eq!(
+        store
+            .enqueue(new_build("app", real.join("b.zip").to_str().unwrap(), 1))
+            .await
+            .unwrap(),
+        Enqueued::Existing(second.id)
+    );
+    assert_eq!(store.len(), 2);
+}
+
 #[tokio::test]
 async fn the_same_file_is_enqueued_once() {
     let dir = tempfile::tempdir().unwrap();

@@ -837,10 +837,19 @@ impl Store {
     pub async fn enqueue(&self, new: NewBuild) -> Result<Enqueued, StoreError> {
         let inner = &self.inner;
         let identity_key = new.identity.dedupe_key();
-        // Look first, so that rescans of known files cost no transaction.
+        // Look first, so that rescans of known files cost no transaction
+        // (and no path resolution).
         if let Some(id) = self.find_by_key(&identity_key)? {
             return Ok(Enqueued::Existing(id));
         }
+        // The same file seen through another spelling of its folder.
+        let resolved_key = new.identity.resolved_dedupe_key();
+        if let Some(key) = &resolved_key
+            && let Some(id) = self.find_by_key(key)?
+        {
+            return Ok(Enqueued::Existing(id));
+        }
+        let keys: Vec<Vec<u8>> = std::iter::once(identity_key).chain(resolved_key).collect();
         let now = now_ms();
         let template = Build {
             id: BuildId(0),
@@ -873,10 +882,12 @@ impl Store {
                     &inner.meta,
                 )
                     .transaction(|(builds, by_identity, by_app, meta)| {
-                        if let Some(existing) = by_identity.get(&identity_key)? {
-                            return Err(ConflictableTransactionError::Abort(Abort::Existing(
-                                existing,
-                            )));
+                        for key in &keys {
+                            if let Some(existing) = by_identity.get(key)? {
+                                return Err(ConflictableTransactionError::Abort(Abort::Existing(
+                                    existing,
+                                )));
+                            }
                         }
                         let mut progress = read_progress(meta)?;
                         progress.writes += 1;
@@ -886,7 +897,9 @@ impl Store {
                         let record = encode_build(&build)
                             .map_err(|e| ConflictableTransactionError::Abort(Abort::Failed(e)))?;
                         let id_key = build.id.to_key();
-                        by_identity.insert(identity_key.as_slice(), &id_key[..])?;
+                        for key in &keys {
+                            by_identity.insert(key.as_slice(), &id_key[..])?;
+                        }
                         builds.insert(&id_key[..], record)?;
                         by_app.insert(app_key(&build.app_secret, build.id), &[][..])?;
                         write_progress(meta, &progress)?;
@@ -1033,16 +1046,24 @@ impl Store {
         id: BuildId,
         identity: &FileIdentity,
     ) -> Result<Option<BuildId>, StoreError> {
-        let key = identity.dedupe_key();
+        let keys: Vec<Vec<u8>> = std::iter::once(identity.dedupe_key())
+            .chain(identity.resolved_dedupe_key())
+            .collect();
         let inner = &self.inner;
         let holder = self
             .write(|| {
                 let result =
                     (&inner.by_identity, &inner.meta).transaction(|(by_identity, meta)| {
-                        if let Some(current) = by_identity.get(&key)? {
-                            return Ok((Some(current), None));
+                        for key in &keys {
+                            if let Some(current) = by_identity.get(key)?
+                                && current != id.to_key()[..]
+                            {
+                                return Ok((Some(current), None));
+                            }
                         }
-                        by_identity.insert(key.as_slice(), &id.to_key()[..])?;
+                        for key in &keys {
+                            by_identity.insert(key.as_slice(), &id.to_key()[..])?;
+                        }
                         let mut progress = read_progress(meta)?;
                         progress.writes += 1;
                         write_progress(meta, &progress)?;
@@ -1124,7 +1145,13 @@ impl Store {
     /// The build recorded for this file identity (path, size and mtime; the
     /// inode is not compared), even if its record was pruned since.
     pub fn find_by_identity(&self, identity: &FileIdentity) -> Result<Option<BuildId>, StoreError> {
-        self.find_by_key(&identity.dedupe_key())
+        match self.find_by_key(&identity.dedupe_key())? {
+            Some(id) => Ok(Some(id)),
+            None => match identity.resolved_dedupe_key() {
+                Some(key) => self.find_by_key(&key),
+                None => Ok(None),
+            },
+        }
     }
 
     fn find_by_key(&self, key: &[u8]) -> Result<Option<BuildId>, StoreError> {
