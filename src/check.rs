@@ -604,7 +604,7 @@ fn files_now(
             }
             let new = taken
                 .iter()
-                .filter(|(_, id)| known_build(&known, id).is_none())
+                .filter(|(_, id)| known_build(known, id).is_none())
                 .count();
             report.ok(format!(
                 "{who}: folder {} has {} build file(s) matching {:?}, {new} not yet taken",
@@ -627,7 +627,7 @@ fn files_now(
                     ));
                     continue;
                 }
-                let note = match known_build(&known, id) {
+                let note = match known_build(known, id) {
                     Some(build) => format!("already build {build}"),
                     None => "would be taken now".to_owned(),
                 };
