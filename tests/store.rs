@@ -72,7 +72,7 @@ async fn advance(
 #[tokio::test]
 async fn a_file_seen_through_another_spelling_of_its_folder_is_the_same_file() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(&dir.path().join("state")).unwrap();
+    let store = Store::open(dir.path().join("state")).unwrap();
     let real = dir.path().join("builds");
     std::fs::create_dir(&real).unwrap();
     let link = dir.path().join("link");
