@@ -309,7 +309,8 @@ pub async fn run(
             Event::Command(cmd) => daemon.command(cmd).await,
             Event::Reload(reload) => {
                 systemd.reloading();
-                if daemon.reload(*reload, &watcher) {
+                let reloaded = daemon.reload(*reload, &watcher);
+                if reloaded.is_some() {
                     crate::webhook::update(
                         &mut notifier,
                         daemon.config.notify.clone(),
@@ -319,7 +320,10 @@ pub async fn run(
                     );
                 }
                 systemd.ready();
-                Vec::new()
+                match reloaded {
+                    Some(true) => vec![Input::KeyChanged],
+                    _ => Vec::new(),
+                }
             }
             Event::Watch(ev) => daemon.watch_event(ev).await,
             Event::Tick => Vec::new(),
@@ -705,8 +709,13 @@ impl Daemon {
         inputs
     }
 
-    /// Applies a reloaded config; returns whether it was taken.
-    fn reload(&mut self, reload: Result<Config, ConfigError>, watcher: &WatcherHandle) -> bool {
+    /// Applies a reloaded config; returns `None` when it is refused, else
+    /// whether it brought another API key.
+    fn reload(
+        &mut self,
+        reload: Result<Config, ConfigError>,
+        watcher: &WatcherHandle,
+    ) -> Option<bool> {
         let config = match reload {
             Ok(config) => config,
             // One line per problem: log lines are single lines.
@@ -720,11 +729,11 @@ impl Daemon {
                 for problem in problems {
                     tracing::error!("{}:{problem}", path.display());
                 }
-                return false;
+                return None;
             }
             Err(err) => {
                 tracing::error!("the new config is refused, the old one stays in force: {err}");
-                return false;
+                return None;
             }
         };
         if config.daemon.state_dir != self.config.daemon.state_dir {
@@ -736,7 +745,7 @@ impl Daemon {
         let specs = config.rules.iter().map(Rule::watch_spec).collect();
         if let Err(err) = watcher.update(specs) {
             tracing::error!("cannot apply the new rules to the watcher: {err}");
-            return false;
+            return None;
         }
         let state_dir = self.config.daemon.state_dir.clone();
         self.config = config;
@@ -745,11 +754,11 @@ impl Daemon {
             self.config.daemon.workers,
             millis(self.config.daemon.auth_retry),
         );
-        self.refresh_key();
+        let key_changed = self.refresh_key();
         self.observer
             .add_rules(self.config.rules.iter().map(|r| r.name.as_str()));
         tracing::info!(rules = self.config.rules.len(), "config reloaded");
-        true
+        Some(key_changed)
     }
 
     /// systemd's STATUS line, from the observer's current view.
@@ -817,7 +826,8 @@ impl Daemon {
         opts
     }
 
-    fn refresh_key(&mut self) {
+    /// Reads the API key again; returns whether another key is now in use.
+    fn refresh_key(&mut self) -> bool {
         match self.config.patchkit.load_key() {
             Ok((key, origin)) => {
                 if key != self.key || origin != self.key_origin {
@@ -825,8 +835,10 @@ impl Daemon {
                         Ok(client) => {
                             tracing::info!(origin = %origin, "API key read again");
                             self.client = client;
+                            let changed = key != self.key;
                             self.key = key;
                             self.key_origin = origin;
+                            return changed;
                         }
                         Err(err) => tracing::error!("cannot set up the PatchKit client: {err}"),
                     }
@@ -835,8 +847,9 @@ impl Daemon {
                     self.client = client;
                 }
             }
-            Err(err) => tracing::error!("{err}"),
+            Err(err) => tracing::error!("{err}; the key in use stays"),
         }
+        false
     }
 
     /// Deletes finished records older than `keep_finished`, at most hourly

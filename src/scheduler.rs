@@ -34,7 +34,7 @@
 //! Knows build ids, app secrets and arrivals; nothing about the store,
 //! PatchKit, files or tasks.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 
 use crate::state::Arrival;
@@ -128,6 +128,9 @@ pub enum Input {
     Drained,
     /// A person asks to cancel a build.
     Cancel { id: BuildId, reply: ReplyId },
+    /// A reload brought another API key: the builds paused for the old
+    /// one's refusal may start now.
+    KeyChanged,
     /// Stop: no new work, stop every worker.
     Shutdown,
 }
@@ -192,6 +195,8 @@ pub struct Scheduler {
     settling: HashMap<SettlingFile, (String, Arrival)>,
     /// While PatchKit refuses the key: no start before this (Unix ms).
     key_paused_until: Option<u64>,
+    /// Builds whose last worker ended on the key's refusal.
+    key_refused: HashSet<BuildId>,
     drained: bool,
     stopping: bool,
     exited: bool,
@@ -208,6 +213,7 @@ impl Scheduler {
             running: HashMap::new(),
             settling: HashMap::new(),
             key_paused_until: None,
+            key_refused: HashSet::new(),
             drained: false,
             stopping: false,
             exited: false,
@@ -279,6 +285,7 @@ impl Scheduler {
             }
             Input::WorkerEnded(id, ended) => {
                 let mut running = self.running.remove(&id);
+                self.key_refused.remove(&id);
                 match ended {
                     WorkerEnded::Finished => {
                         if let Some(w) = running.as_mut().and_then(|r| r.then.take()) {
@@ -289,6 +296,7 @@ impl Scheduler {
                         self.waiting.insert(id, w);
                     }
                     WorkerEnded::KeyRefused(w) => {
+                        self.key_refused.insert(id);
                         self.waiting.insert(id, w);
                         let until = now.saturating_add(self.key_pause_ms);
                         self.key_paused_until =
@@ -312,6 +320,14 @@ impl Scheduler {
                 self.settling.remove(&file);
             }
             Input::Drained => self.drained = true,
+            Input::KeyChanged => {
+                self.key_paused_until = None;
+                for id in std::mem::take(&mut self.key_refused) {
+                    if let Some(w) = self.waiting.get_mut(&id) {
+                        w.not_before = None;
+                    }
+                }
+            }
             Input::Cancel { id, reply } => match self.running.get_mut(&id) {
                 Some(running) => {
                     if running.cancels.is_empty() {
@@ -761,6 +777,34 @@ mod tests {
         assert_eq!(s.next_wake(), Some(500));
         let a = s.handle(500, []);
         assert_eq!(starts(&a), vec![1]);
+    }
+
+    #[test]
+    fn a_new_key_from_a_reload_ends_the_pause_and_the_refused_builds_wait() {
+        let mut s = Scheduler::new(4, false, 60_000);
+        let mut refused = build(1, "a", 1);
+        refused.not_before = Some(60_010);
+        let mut backing_off = build(2, "b", 2);
+        backing_off.not_before = Some(9_000);
+        s.handle(0, [Input::Waiting(build(1, "a", 1))]);
+        let a = s.handle(
+            10,
+            [
+                Input::WorkerEnded(BuildId(1), WorkerEnded::KeyRefused(refused)),
+                Input::Waiting(backing_off),
+            ],
+        );
+        assert!(starts(&a).is_empty());
+        assert!(s.key_paused());
+
+        let a = s.handle(20, [Input::KeyChanged]);
+        assert!(!s.key_paused());
+        // The key was just read: no second read.
+        assert!(!a.contains(&Action::ReadKeyAgain), "{a:?}");
+        // The refused build starts at once; a build waiting out another
+        // failure's backoff keeps its time.
+        assert_eq!(starts(&a), vec![1]);
+        assert_eq!(s.next_wake(), Some(9_000));
     }
 
     #[test]

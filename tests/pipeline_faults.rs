@@ -236,6 +236,24 @@ each_variant! {
     }
 }
 
+/// PatchKit refuses the key; the operator fixes the key file and reloads
+/// (SIGHUP): the builds go on at once, not after `auth_retry` (10 minutes
+/// here).
+#[tokio::test]
+async fn a_key_fixed_and_reloaded_ends_the_pause_at_once() {
+    let s = Setup::new(1).auth_retry("10m").start().await;
+    s.write_key("a-revoked-key");
+    let file = s.drop_zip(0, "game-1.0", chunks(2));
+    let daemon = s.spawn(false, None);
+    daemon.until_log("PatchKit refused the API key", 1).await;
+    s.write_key(harness::KEY);
+    daemon.signal("HUP");
+    daemon.until_log("API key read again", 1).await;
+    s.until_published(&file.app, &file.label).await;
+    daemon.stop().await;
+    s.assert_published_in_order(&file.app, &[&file]);
+}
+
 /// The rule's folder written another way after its files were published
 /// (through `./`, through a symlink to it): the files are known, `check`
 /// says so, and nothing is published again.
