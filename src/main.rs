@@ -361,7 +361,13 @@ async fn status(args: StatusArgs) -> ExitCode {
     let rows = if !dir.join("db").exists()
         && control::ask(&dir, &request).await.ok().flatten().is_none()
     {
-        // Nothing ever ran here: no builds, and nothing to create.
+        // Nothing ever ran here: no builds, and nothing to create. Said on
+        // stderr: a mistyped `--state-dir` looks just like this.
+        eprintln!(
+            "no build store in {}: no daemon has run with this state directory (check \
+             state_dir in the config, or --state-dir)",
+            dir.display()
+        );
         Vec::new()
     } else {
         match reach(&dir, &request).await {

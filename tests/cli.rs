@@ -632,3 +632,21 @@ async fn check_answers_within_seconds_when_patchkit_is_unreachable_naming_host_a
         "said once, not once per rule: {out:?}"
     );
 }
+
+/// `status` on a state directory where nothing ever ran (a mistyped
+/// `--state-dir`) shows no builds, exits 0 and says on stderr why.
+#[test]
+fn status_of_a_state_dir_where_nothing_ran_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("no-such-state");
+    let (code, out, err) = bin(&["status", "--state-dir", missing.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        err.contains("no build store in") && err.contains(missing.to_str().unwrap()),
+        "{err}"
+    );
+    assert!(!missing.exists(), "status created {}", missing.display());
+    let (code, json, _) = bin(&["status", "--json", "--state-dir", missing.to_str().unwrap()]);
+    assert_eq!(code, Some(0));
+    assert_eq!(json.trim(), "[]", "{out}");
+}
