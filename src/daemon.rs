@@ -655,10 +655,11 @@ impl Daemon {
             WatchEvent::Abandoned { rule, path } => vec![Input::Settled((rule, path))],
             WatchEvent::Candidate(candidate) => self.take(candidate).await,
             // A file that is not a ZIP PatchKit can take still becomes a
-            // build, which fails validation with the reason: status and
-            // notifications show it.
+            // build, which fails validation with the reason: status,
+            // notifications and the build's failure line show it (once; a
+            // known file seen again at a start says nothing).
             WatchEvent::Invalid { candidate, error } => {
-                tracing::warn!(rule = %candidate.rule, "{error}");
+                tracing::debug!(rule = %candidate.rule, "{error}");
                 self.take(candidate).await
             }
             WatchEvent::FolderMissing { rule, folder } => {

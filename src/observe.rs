@@ -323,7 +323,13 @@ impl Observer {
         }
         // A new build is logged by intake, with its file.
         let new = previous.is_none() && build.state == BuildState::Queued;
-        if !new {
+        if matches!(build.state, BuildState::Failed { .. }) {
+            // The one line a failure gets, wherever it came from.
+            tracing::error!(
+                build = %build.id, rule = %build.rule, label = %build.label,
+                "build {}", build.state
+            );
+        } else if !new {
             tracing::info!(
             build = %build.id, rule = %build.rule, label = %build.label,
             "{}", build.state

@@ -162,10 +162,8 @@ async fn drive_build(
                     StepError::Fail { stage, .. } => *stage,
                     _ => build.state.stage(),
                 };
-                tracing::error!(
-                    build = %id, rule = %build.rule, label = %build.label, %stage,
-                    "build failed: {reason}"
-                );
+                // The observer logs the failure once, as an error, with its
+                // reason, from the stored state.
                 let next = build.state.failed(stage, reason, build.attempts + 1);
                 match next {
                     Ok(next) => ctx

@@ -236,6 +236,34 @@ each_variant! {
     }
 }
 
+/// A file that is not a ZIP fails its build with the reason, said once in
+/// the log (as the build's failure), and again at no later start.
+#[tokio::test]
+async fn a_broken_zip_is_reported_once() {
+    let s = Setup::new(1).start().await;
+    let folder = s.state_dir().with_file_name("drops").join(harness::app(0));
+    std::fs::write(folder.join("broken.zip"), b"release notes, not a build").unwrap();
+    let status = s.run_child(None).await;
+    assert_eq!(status.code(), Some(1), "{}", s.logs());
+    // `--once` ends with a summary line per build; besides it, one line.
+    let said = |logs: &str| -> Vec<String> {
+        logs.lines()
+            .filter(|l| l.contains("is not a ZIP archive") && !l.contains("run summary"))
+            .map(str::to_owned)
+            .collect()
+    };
+    let lines = said(&s.logs());
+    assert_eq!(lines.len(), 1, "{}", s.logs());
+    assert!(
+        lines[0].contains("ERROR") && lines[0].contains("build failed in validate"),
+        "{}",
+        lines[0]
+    );
+    // The next start knows the file: nothing more is said of it.
+    s.run_child_ok().await;
+    assert_eq!(said(&s.logs()).len(), 1, "{}", s.logs());
+}
+
 /// PatchKit refuses the key; the operator fixes the key file and reloads
 /// (SIGHUP): the builds go on at once, not after `auth_retry` (10 minutes
 /// here).
