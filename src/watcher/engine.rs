@@ -142,8 +142,10 @@ pub(super) struct Engine {
     pub(super) next_timer_id: u64,
     /// Every (rule, identity) emitted, as Candidate or Invalid.
     pub(super) emitted: HashSet<(String, FileIdentity)>,
-    /// Every (rule, identity) refused by `filename_regex` and reported.
-    refused: HashSet<(String, FileIdentity)>,
+    /// Every (rule, path) refused by `filename_regex` and reported: a name
+    /// is told about once, however often its file changes (a copy in
+    /// progress is seen many times).
+    refused: HashSet<(String, PathBuf)>,
     /// Rules to scan once the current step is done (a folder appeared
     /// inside a recursive rule).
     pub(super) scan_soon: BTreeSet<String>,
@@ -456,11 +458,11 @@ impl Engine {
         Ok(())
     }
 
-    /// Tells, once per file and content, that the rule's `filename_regex`
-    /// refuses a file its pattern matches.
+    /// Tells, once per file name, that the rule's `filename_regex` refuses
+    /// a file its pattern matches.
     fn refused_seen(&mut self, rule: &str, identity: FileIdentity) {
-        let path = identity.path.clone();
-        if self.refused.insert((rule.to_owned(), identity)) {
+        let path = identity.path;
+        if self.refused.insert((rule.to_owned(), path.clone())) {
             warn!(
                 rule,
                 "{} does not match filename_regex of rule {rule:?}, so it is not taken; rename it \
