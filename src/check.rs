@@ -273,6 +273,23 @@ fn refused(origin: &KeyOrigin, err: &crate::patchkit::ApiError) -> String {
     )
 }
 
+/// Warns when the API key file may be read by users other than its owner
+/// (and its group, when the group is the daemon's own).
+fn warn_if_readable_by_others(path: &Path, report: &mut Report) {
+    use std::os::unix::fs::PermissionsExt;
+    let Ok(meta) = std::fs::metadata(path) else {
+        return;
+    };
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o004 != 0 {
+        report.warn(format!(
+            "the API key file {} can be read by every user (mode {mode:03o});              `chmod 600 {}` (or 640 with the daemon's group)",
+            path.display(),
+            path.display()
+        ));
+    }
+}
+
 /// Reads the key from `place`, reporting where it came from or why it
 /// cannot be read.
 fn load_key(config: &Config, place: &KeyPlace, report: &mut Report) -> Option<(ApiKey, KeyOrigin)> {
@@ -281,6 +298,9 @@ fn load_key(config: &Config, place: &KeyPlace, report: &mut Report) -> Option<(A
             return match config.patchkit.load_key() {
                 Ok((key, origin)) => {
                     report.ok(format!("API key read from {origin}"));
+                    if let KeyOrigin::File(path) = &origin {
+                        warn_if_readable_by_others(path, report);
+                    }
                     Some((key, origin))
                 }
                 Err(err) => {

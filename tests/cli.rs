@@ -34,6 +34,28 @@ fn check(s: &Scenario) -> (Option<i32>, String, String) {
     (output.status.code(), stdout, stderr)
 }
 
+/// `check` warns about an API key file every user can read, and not about
+/// one only its owner can.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_warns_about_a_key_file_every_user_can_read() {
+    use std::os::unix::fs::PermissionsExt;
+    let s = Setup::new(1).start().await;
+    let key_file = s.dir.path().join("api-key");
+    let warning = "can be read by every user (mode 644)";
+    std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let (code, out, err) = check(&s);
+    assert_eq!(code, Some(0), "stdout:\n{out}\nstderr:\n{err}");
+    assert!(
+        out.contains(warning) || err.contains(warning),
+        "{out}\n{err}"
+    );
+    std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let (code, out, err) = check(&s);
+    assert_eq!(code, Some(0), "stdout:\n{out}\nstderr:\n{err}");
+    assert!(!out.contains("can be read by every user"), "{out}");
+    assert!(!err.contains("can be read by every user"), "{err}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check_names_each_rules_app_and_the_files_it_would_take() {
     let s = Setup::new(2).start().await;
