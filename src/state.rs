@@ -984,9 +984,9 @@ impl fmt::Display for BuildState {
             ),
             BuildState::Uploaded {
                 version_id: Some(version_id),
-                ..
-            }
-            | BuildState::Processed { version_id, .. }
+                upload_id,
+            } => write!(f, "upload {upload_id} attached to v{version_id}"),
+            BuildState::Processed { version_id, .. }
             | BuildState::Publishing { version_id, .. }
             | BuildState::Draft { version_id, .. } => write!(f, "{} v{version_id}", self.name()),
             BuildState::Linking { version_id, .. } => {
