@@ -105,14 +105,16 @@ const CACHE_CAPACITY: u64 = 8 * 1024 * 1024;
 
 const SCHEMA_VERSION_KEY: &[u8] = b"schema_version";
 
-/// No sled transaction starts while a flush is in flight, in this process
-/// (sled's concurrency control is process-wide, so this spans stores). A
-/// transaction takes sled's global write lock; a flush holds its read side
-/// while it waits for sled's I/O pool; a transaction queued behind the
-/// flush stops the pool's other threads at the read side too, and with
-/// every pool thread stopped the flush never ends. Flushes share the gate,
-/// transactions take it alone.
-static SLED_GATE: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+/// One sled transaction or flush at a time, in this process (sled's
+/// concurrency control and its I/O pool are process-wide, so this spans
+/// stores). A transaction takes sled's global write lock; a flush holds its
+/// read side while it waits, on a thread of sled's I/O pool, for an I/O
+/// buffer that another pool thread writes. A transaction queued behind a
+/// flush stops the pool's other threads at the read side; enough flushes at
+/// once (two daemons' stores, each lane flushing) take every pool thread.
+/// Either way no thread is left to write the buffer and nothing ends. A
+/// flush makes every earlier write durable, so flushes in a row cost little.
+static SLED_GATE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 const SEQ_PREFIX: &[u8] = b"seq/";
 const DISPOSED_PREFIX: &[u8] = b"disposed/";
 /// Prefix of the coordination records in `meta` (`coordination/<build id>`).
@@ -718,7 +720,7 @@ impl Store {
         let (value, progress) = loop {
             self.check_not_broken()?;
             let attempt = {
-                let _no_flush = SLED_GATE.write().await;
+                let _alone = SLED_GATE.lock().await;
                 op()
             };
             match attempt {
@@ -1331,7 +1333,7 @@ impl Store {
 
     /// Waits until every write so far is on disk.
     pub async fn flush(&self) -> Result<(), StoreError> {
-        let _no_transaction = SLED_GATE.read().await;
+        let _alone = SLED_GATE.lock().await;
         self.inner
             .db
             .flush_async()
