@@ -273,8 +273,8 @@ fn refused(origin: &KeyOrigin, err: &crate::patchkit::ApiError) -> String {
     )
 }
 
-/// Warns when the API key file may be read by users other than its owner
-/// (and its group, when the group is the daemon's own).
+/// Warns when every user may read the API key file (a group bit is left
+/// alone: 640 with the daemon's group is a sound setup).
 fn warn_if_readable_by_others(path: &Path, report: &mut Report) {
     use std::os::unix::fs::PermissionsExt;
     let Ok(meta) = std::fs::metadata(path) else {
@@ -283,7 +283,8 @@ fn warn_if_readable_by_others(path: &Path, report: &mut Report) {
     let mode = meta.permissions().mode() & 0o777;
     if mode & 0o004 != 0 {
         report.warn(format!(
-            "the API key file {} can be read by every user (mode {mode:03o});              `chmod 600 {}` (or 640 with the daemon's group)",
+            "the API key file {} can be read by every user (mode {mode:03o}); run `chmod 600 {}` \
+             (or 640, with the daemon's group owning it)",
             path.display(),
             path.display()
         ));

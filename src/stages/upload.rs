@@ -12,8 +12,8 @@
 //! file gets a fresh upload once it has settled, so no upload ever mixes
 //! two versions of a file. After the last chunk the same checks run again,
 //! plus the file's change time (ctime), which also catches a rewrite in
-//! place that put the size and mtime back. A chunk whose acknowledgement was lost is sent
-//! again: same bytes, same range, harmless.
+//! place that put the size and mtime back. A chunk whose acknowledgement
+//! was lost is sent again: same bytes, same range, harmless.
 //!
 //! PatchKit may forget a version or an upload (a draft deleted in the panel,
 //! a restore from backup). A recorded version that is gone or no longer
